@@ -1,0 +1,160 @@
+"""Building the zero-shot weights and the cache model before they are used."""
+import copy
+import os.path as osp
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from mmpretrain.registry import DATASETS, HOOKS
+from ...datasets.class_names import check_class_names
+from ..feature_extraction import dataset_fingerprint, extract_features
+from ..feature_store import FeatureStore, describe_checkpoint
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if is_model_wrapper(model) else model
+
+
+def encoder_description(runner) -> dict:
+    """What determines the visual features besides the data."""
+    model_cfg = runner.cfg.model
+    backbone = copy.deepcopy(model_cfg.backbone.to_dict() if hasattr(
+        model_cfg.backbone, 'to_dict') else dict(model_cfg.backbone))
+    backbone['pretrained'] = describe_checkpoint(backbone.get('pretrained'))
+    return dict(backbone=backbone,
+                data_preprocessor=model_cfg.get('data_preprocessor'))
+
+
+@HOOKS.register_module()
+class BuildCacheHook(Hook):
+    """Build the head's zero-shot weights and cache before train/val/test.
+
+    Keys are the few-shot images encoded ``augment_epoch`` times under the
+    train pipeline: the raw features of the passes are averaged, then
+    L2-normalised (SPEC section 1); values are one-hot labels. All passes
+    are encoded in one loader pass over :class:`AugmentedViewsDataset`,
+    whose per-sample seeds make the views, hence the cache, identical on
+    any number of ranks. The encoded views are saved under ``cache_dir`` and
+    reused when the same encoder, data, shots, seed and augmentation are
+    asked for again. Nothing happens if the head already holds a cache
+    (e.g. loaded from a checkpoint).
+
+    Args:
+        augment_epoch (int): Augmented passes over the few-shot set.
+        dataloader (dict, optional): The few-shot train loader; defaults to
+            the config's top-level ``fewshot_dataloader``.
+        seed (int, optional): Seed of the augmentations; defaults to the
+            few-shot dataset's ``seed``.
+        cache_dir (str, optional): Defaults to ``<work_dir>/feature_cache``.
+    """
+
+    priority = 'ABOVE_NORMAL'
+
+    def __init__(self,
+                 augment_epoch: int = 10,
+                 dataloader: Optional[dict] = None,
+                 seed: Optional[int] = None,
+                 cache_dir: Optional[str] = None) -> None:
+        self.augment_epoch = int(augment_epoch)
+        self.dataloader = dataloader
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.class_names = None
+
+    def before_train(self, runner) -> None:
+        self.build(runner)
+
+    def before_val(self, runner) -> None:
+        self.build(runner)
+        self._check_classes(runner.val_dataloader.dataset, 'the val set')
+
+    def before_test(self, runner) -> None:
+        self.build(runner)
+        self._check_classes(runner.test_dataloader.dataset, 'the test set')
+
+    def _check_classes(self, dataset, where: str) -> None:
+        classes = dataset.metainfo.get('classes')
+        if self.class_names is not None and classes is not None:
+            check_class_names(self.class_names, classes,
+                              'the few-shot train set', where)
+
+    def _loader_cfg(self, runner) -> dict:
+        cfg = self.dataloader or runner.cfg.get('fewshot_dataloader')
+        if cfg is None:
+            raise KeyError(
+                'BuildCacheHook needs the few-shot train loader: add a '
+                'top-level `fewshot_dataloader` to the config (see '
+                'configs/_base_/datasets/) or pass `dataloader=`.')
+        return copy.deepcopy(dict(cfg))
+
+    def build(self, runner) -> None:
+        model = unwrap(runner.model)
+        head = model.head
+        if getattr(model, 'needs_zero_shot_weights', False) or (
+                not head.has_cache):
+            self._build(runner, model, head)
+
+    def _build(self, runner, model, head) -> None:
+        loader_cfg = self._loader_cfg(runner)
+        fewshot = DATASETS.build(loader_cfg['dataset'])
+        self.class_names = tuple(fewshot.metainfo.get('classes') or ())
+        if getattr(model, 'needs_zero_shot_weights', False):
+            runner.logger.info('Building zero-shot weights for '
+                               f'{len(self.class_names)} classes.')
+            model.build_zero_shot_weights(self.class_names)
+        if head.has_cache:
+            return
+        seed = self.seed if self.seed is not None else getattr(
+            fewshot, 'seed', runner.seed)
+        views = self.encode_views(runner, model, loader_cfg, fewshot, seed)
+        labels = views['labels'].view(self.augment_epoch, len(fewshot))
+        if not torch.equal(labels, labels[:1].expand_as(labels)):
+            raise RuntimeError('Augmented views disagree on labels.')
+        feats = views['feats'].view(self.augment_epoch, len(fewshot), -1)
+        cache_keys = F.normalize(feats.mean(dim=0), dim=-1)
+        cache_values = F.one_hot(labels[0], head.num_classes).float()
+        device = head.cache_values.device
+        head.set_cache(cache_keys.to(device), cache_values.to(device))
+        runner.logger.info(
+            f'Cache model: {cache_keys.shape[0]} keys of dim '
+            f'{cache_keys.shape[1]}, {head.num_classes} classes, '
+            f'{self.augment_epoch} augmented views averaged.')
+
+    def encode_views(self, runner, model, loader_cfg: dict, fewshot,
+                     seed: int) -> dict:
+        """Raw features ``(V * S, C)`` of all views, loaded or encoded."""
+        cache_dir = self.cache_dir or osp.join(runner.work_dir,
+                                               'feature_cache')
+        store = FeatureStore(cache_dir)
+        description = dict(
+            kind='augmented_views',
+            encoder=encoder_description(runner),
+            dataset=loader_cfg['dataset'],
+            samples=dataset_fingerprint(fewshot),
+            num_views=self.augment_epoch,
+            seed=seed)
+        key = store.key(description)
+        saved = store.load('views', key)
+        if saved is not None:
+            runner.logger.info(
+                f'Loaded {self.augment_epoch} augmented views of '
+                f'{len(fewshot)} few-shot images from '
+                f'{store.path("views", key)}.')
+            return saved
+        runner.logger.info(
+            f'Encoding {self.augment_epoch} augmented views of '
+            f'{len(fewshot)} few-shot images.')
+        views_cfg = dict(
+            loader_cfg,
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            dataset=dict(type='AugmentedViewsDataset', dataset=fewshot,
+                         num_views=self.augment_epoch, seed=seed))
+        loader = runner.build_dataloader(views_cfg, seed=runner.seed)
+        views = extract_features(model, loader)
+        if runner.rank == 0:
+            path = store.save('views', key, views, description)
+            runner.logger.info(f'Saved augmented views to {path}.')
+        return views

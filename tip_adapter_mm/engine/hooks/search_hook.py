@@ -1,0 +1,112 @@
+"""Searching the cache head's hyperparameters on the validation split."""
+import copy
+import os.path as osp
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from mmengine.hooks import Hook
+
+from mmpretrain.registry import HOOKS
+from ..feature_extraction import dataset_fingerprint, extract_features
+from ..feature_store import FeatureStore
+from ..search import grid_search, save_search_report
+from .build_cache_hook import encoder_description, unwrap
+
+
+@HOOKS.register_module()
+class HyperparameterSearchHook(Hook):
+    """Grid-search the head's hyperparameters (alpha, beta for Tip-Adapter)
+    on held-out features, and apply the best before val/test.
+
+    Features of the search split are encoded once, saved under
+    ``cache_dir`` and reused. The search is vectorised over the grid and
+    chunked over samples (:func:`grid_search`); the accuracy of every grid
+    point goes to ``<log_dir>/hyperparameter_search.json`` with a heatmap
+    ``.png``. Runs once per cache: not again if the head was searched
+    already (e.g. loaded from a checkpoint that was).
+
+    Args:
+        split (str): 'val' (default, the valid protocol) or 'test', which
+            reproduces the public reference code's search on test images:
+            the reported test accuracy is then optimistically biased.
+        chunk_size (int): Samples per chunk of the search.
+        max_elements (int): Bound on any temporary tensor of the search.
+        cache_dir (str, optional): Defaults to ``<work_dir>/feature_cache``.
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self,
+                 split: str = 'val',
+                 chunk_size: int = 4096,
+                 max_elements: int = 2**26,
+                 cache_dir: Optional[str] = None) -> None:
+        if split not in ('val', 'test'):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        self.split = split
+        self.chunk_size = int(chunk_size)
+        self.max_elements = int(max_elements)
+        self.cache_dir = cache_dir
+
+    def before_val(self, runner) -> None:
+        self.search(runner)
+
+    def before_test(self, runner) -> None:
+        self.search(runner)
+
+    def search(self, runner, force: bool = False):
+        """Search and apply; returns the :class:`SearchResult` or None."""
+        head = unwrap(runner.model).head
+        if head.searched and not force:
+            return None
+        if self.split == 'test':
+            runner.logger.warning(
+                'HyperparameterSearchHook(split="test") searches on the TEST '
+                'split, as the public reference code does for ImageNet. The '
+                'test accuracy it reports is not a valid held-out estimate.')
+        data = self.split_features(runner)
+        feats = F.normalize(data['feats'], dim=-1).to(head.cache_keys.device)
+        labels = data['labels'].to(feats.device)
+        result = grid_search(head, feats, labels, self.chunk_size,
+                             self.max_elements)
+        head.set_hyperparameters(**result.best)
+        best = ', '.join(f'{k}={v:.4f}' for k, v in result.best.items())
+        runner.logger.info(
+            f'Hyperparameter search on {self.split} ({result.num_samples} '
+            f'images, {result.accuracy_grid.numel()} points): {best}, '
+            f'top-1 {result.accuracy:.2f}%.')
+        if runner.rank == 0:
+            paths = save_search_report(result, runner.log_dir)
+            runner.logger.info(f'Search report: {", ".join(paths)}')
+        return result
+
+    def split_features(self, runner) -> dict:
+        """Raw features and labels of the search split, loaded or encoded."""
+        loader_cfg = copy.deepcopy(
+            dict(runner.cfg.get(f'{self.split}_dataloader') or {}))
+        if not loader_cfg:
+            raise KeyError(f'HyperparameterSearchHook(split={self.split!r}) '
+                           f'needs `{self.split}_dataloader` in the config.')
+        loader_cfg['sampler'] = dict(type='DefaultSampler', shuffle=False)
+        loader = runner.build_dataloader(loader_cfg, seed=runner.seed)
+        store = FeatureStore(self.cache_dir or osp.join(
+            runner.work_dir, 'feature_cache'))
+        description = dict(
+            kind='features',
+            encoder=encoder_description(runner),
+            dataset=loader_cfg['dataset'],
+            samples=dataset_fingerprint(loader.dataset))
+        key = store.key(description)
+        saved = store.load(self.split, key)
+        if saved is not None:
+            runner.logger.info(f'Loaded {self.split} features from '
+                               f'{store.path(self.split, key)}.')
+            return saved
+        runner.logger.info(f'Encoding {len(loader.dataset)} {self.split} '
+                           'images for the hyperparameter search.')
+        with torch.no_grad():
+            data = extract_features(unwrap(runner.model), loader)
+        if runner.rank == 0:
+            store.save(self.split, key, data, description)
+        return data

@@ -1,0 +1,5 @@
+from .backbones import *  # noqa: F401,F403
+from .classifiers import *  # noqa: F401,F403
+from .heads import *  # noqa: F401,F403
+from .text_encoders import *  # noqa: F401,F403
+from .utils import *  # noqa: F401,F403

@@ -1,0 +1,3 @@
+from .open_clip_visual import OpenCLIPVisualBackbone
+
+__all__ = ['OpenCLIPVisualBackbone']

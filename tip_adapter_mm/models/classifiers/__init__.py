@@ -1,0 +1,3 @@
+from .clip_few_shot import CLIPFewShotClassifier
+
+__all__ = ['CLIPFewShotClassifier']

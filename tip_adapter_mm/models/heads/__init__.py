@@ -1,0 +1,4 @@
+from .base_cache_head import BaseCacheHead
+from .tip_adapter_head import TipAdapterHead
+
+__all__ = ['BaseCacheHead', 'TipAdapterHead']

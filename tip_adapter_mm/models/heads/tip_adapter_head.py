@@ -1,0 +1,138 @@
+"""Tip-Adapter: zero-shot CLIP plus a training-free cache model."""
+from collections import OrderedDict
+from typing import Any, Dict, Sequence, Tuple, Union
+
+import torch
+
+from mmpretrain.registry import MODELS
+from .base_cache_head import BaseCacheHead
+
+
+def linear_grid(scale: float, steps: int) -> torch.Tensor:
+    """``i * (scale - 0.1) / steps + 0.1`` for ``i`` in ``[0, steps)``,
+    float64, as the reference search computes it."""
+    return torch.tensor([i * (scale - 0.1) / steps + 0.1
+                         for i in range(int(steps))], dtype=torch.float64)
+
+
+@MODELS.register_module()
+class TipAdapterHead(BaseCacheHead):
+    """Tip-Adapter logits (SPEC section 1) for features ``f`` ``(B, C)``::
+
+        clip_logits  = clip_logit_scale * f @ zero_shot_weights
+        affinity     = f @ cache_keys.T
+        cache_logits = exp(-beta * (1 - affinity)) @ cache_values
+        logits       = clip_logits + alpha * cache_logits
+
+    ``alpha = 0`` gives zero-shot CLIP exactly.
+
+    Args:
+        num_classes (int): N.
+        alpha (float): Weight of the cache logits before the search.
+        beta (float): Sharpness of the affinities before the search.
+        search_scale (tuple): ``(beta, alpha)`` upper ends of the grid.
+        search_step (tuple): ``(beta, alpha)`` numbers of grid points.
+        clip_logit_scale (float): Scale of the zero-shot logits; 100, the
+            learned scale of released CLIP models. The classifier replaces
+            it with the model's own ``logit_scale.exp()`` when asked.
+
+    Buffers: ``zero_shot_weights`` ``(C, N)`` besides the cache.
+    """
+
+    dynamic_buffers = ('cache_keys', 'cache_values', 'zero_shot_weights')
+
+    def __init__(self,
+                 num_classes: int,
+                 alpha: float = 1.0,
+                 beta: float = 1.0,
+                 search_scale: Sequence[float] = (7.0, 3.0),
+                 search_step: Sequence[int] = (200, 20),
+                 clip_logit_scale: float = 100.0,
+                 loss: dict = dict(type='CrossEntropyLoss', loss_weight=1.0),
+                 topk: Union[int, Tuple[int]] = (1, ),
+                 init_cfg: Union[dict, None] = None) -> None:
+        super().__init__(num_classes, loss=loss, topk=topk, init_cfg=init_cfg)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.search_scale = tuple(float(s) for s in search_scale)
+        self.search_step = tuple(int(s) for s in search_step)
+        self.clip_logit_scale = float(clip_logit_scale)
+        self.register_buffer('zero_shot_weights',
+                             torch.zeros(0, self.num_classes))
+
+    # -- zero-shot part ------------------------------------------------------
+    @property
+    def has_zero_shot_weights(self) -> bool:
+        return self.zero_shot_weights.numel() > 0
+
+    def set_zero_shot_weights(self, zero_shot_weights: torch.Tensor) -> None:
+        """Store text weights ``(C, N)``."""
+        if (zero_shot_weights.dim() != 2
+                or zero_shot_weights.shape[1] != self.num_classes):
+            raise ValueError(
+                f'Expected zero_shot_weights (C, {self.num_classes}), got '
+                f'{tuple(zero_shot_weights.shape)}: the head has '
+                f'num_classes={self.num_classes}.')
+        self.zero_shot_weights = zero_shot_weights.detach().float().to(
+            self.cache_values.device).contiguous()
+
+    def clip_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, C) -> (B, N)`` zero-shot logits."""
+        if not self.has_zero_shot_weights:
+            raise RuntimeError(
+                'TipAdapterHead has no zero_shot_weights yet: they are built '
+                'by BuildCacheHook, or loaded from a checkpoint.')
+        return self.clip_logit_scale * feats @ self.zero_shot_weights
+
+    # -- cache part ----------------------------------------------------------
+    def affinity(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, C) -> (B, NK)`` cosine similarity to the cache keys."""
+        self._require_cache()
+        return feats @ self.cache_keys.t()
+
+    def cache_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, C) -> (B, N)``, at the current ``beta``."""
+        affinity = self.affinity(feats)
+        return torch.exp(-self.beta * (1 - affinity)) @ self.cache_values
+
+    def forward(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
+        """Tip-Adapter logits ``(B, N)`` of normalised features."""
+        f = self.pre_logits(feats)
+        return self.clip_logits(f) + self.alpha * self.cache_logits(f)
+
+    # -- search --------------------------------------------------------------
+    def search_grid(self) -> 'OrderedDict[str, torch.Tensor]':
+        return OrderedDict(
+            beta=linear_grid(self.search_scale[0], self.search_step[0]),
+            alpha=linear_grid(self.search_scale[1], self.search_step[1]))
+
+    @torch.no_grad()
+    def count_correct(self, feats: torch.Tensor, labels: torch.Tensor,
+                      max_elements: int = 2**26) -> torch.Tensor:
+        grid = self.search_grid()
+        betas = grid['beta'].to(feats.device, torch.float32)
+        alphas = grid['alpha'].to(feats.device, torch.float32)
+        clip_logits = self.clip_logits(feats)  # (M, N)
+        distance = 1 - self.affinity(feats)  # (M, NK)
+        num, num_keys = distance.shape
+        per_beta = num * max(num_keys, len(alphas) * self.num_classes)
+        chunk = max(1, min(len(betas), max_elements // max(per_beta, 1)))
+        correct = torch.empty(len(betas), len(alphas), dtype=torch.int64)
+        for start in range(0, len(betas), chunk):
+            beta = betas[start:start + chunk, None, None]  # (b, 1, 1)
+            cache_logits = torch.exp(-beta * distance) @ self.cache_values
+            logits = (clip_logits + alphas[:, None, None, None] *
+                      cache_logits)  # (A, b, M, N)
+            hits = logits.argmax(dim=-1) == labels  # (A, b, M)
+            correct[start:start + chunk] = hits.sum(dim=-1).t().cpu()
+        return correct
+
+    # -- checkpoints ---------------------------------------------------------
+    def get_extra_state(self) -> Dict[str, Any]:
+        state = super().get_extra_state()
+        state['clip_logit_scale'] = self.clip_logit_scale
+        return state
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self.clip_logit_scale = float(state['clip_logit_scale'])
