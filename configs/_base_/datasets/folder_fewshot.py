@@ -1,0 +1,43 @@
+# A folder-of-class-folders dataset (MMPretrain CustomDataset):
+#   data_root/train/<class>/*.jpg, data_root/val/<class>/..., data_root/test/...
+# Shots come from train/, the search uses val/, the reported number test/.
+_base_ = ['./pipelines.py']
+
+dataset_type = 'CustomDataset'
+data_root = 'data/my_dataset'
+
+fewshot_dataloader = dict(
+    batch_size=64,
+    num_workers=4,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type='FewShotDataset',
+        num_shots=16,
+        seed=1,
+        dataset=dict(
+            type=dataset_type,
+            data_root=data_root,
+            data_prefix='train',
+            pipeline={{_base_.train_pipeline}})))
+
+val_dataloader = dict(
+    batch_size=64,
+    num_workers=4,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        data_prefix='val',
+        pipeline={{_base_.test_pipeline}}))
+val_evaluator = dict(type='Accuracy', topk=(1, ))
+
+test_dataloader = dict(
+    batch_size=64,
+    num_workers=4,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        data_prefix='test',
+        pipeline={{_base_.test_pipeline}}))
+test_evaluator = val_evaluator
