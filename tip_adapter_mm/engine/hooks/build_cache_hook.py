@@ -19,11 +19,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def encoder_description(runner) -> dict:
-    """What determines the visual features besides the data."""
-    model_cfg = runner.cfg.model
-    backbone = copy.deepcopy(model_cfg.backbone.to_dict() if hasattr(
-        model_cfg.backbone, 'to_dict') else dict(model_cfg.backbone))
-    backbone['pretrained'] = describe_checkpoint(backbone.get('pretrained'))
+    """What determines the visual features besides the data: the backbone
+    and preprocessor configs, with a local checkpoint's size and mtime."""
+    model_cfg = copy.deepcopy(dict(runner.cfg.get('model') or {}))
+    backbone = dict(model_cfg.get('backbone') or {})
+    if 'pretrained' in backbone:
+        backbone['pretrained'] = describe_checkpoint(backbone['pretrained'])
     return dict(backbone=backbone,
                 data_preprocessor=model_cfg.get('data_preprocessor'))
 
