@@ -1,0 +1,590 @@
+"""Benchmark Tip-Adapter's cache building, alpha/beta search and inference.
+
+Everything is built in a temporary directory: an open_clip model with random
+weights (size from the arguments) and generated JPEG images in class
+folders. Each measurement compares two methods side by side in the same run,
+alternating their repetitions (A, B, A, B, ...) and taking medians:
+
+1. Cache building: the package's path (``AugmentedViewsDataset`` over a
+   ``FewShotDataset`` with the train pipeline, an MMEngine dataloader,
+   ``extract_features``) against the bare encoder (``model.encode_image`` on
+   already-preprocessed batches of the same images). Target >= 0.95.
+2. Alpha/beta search: ``grid_search`` (vectorised, chunked) against a plain
+   per-pair double loop over the same grid. Target speed-up >= 20x.
+3. Test time: the classifier's ``predict`` (cache term included) against
+   zero-shot CLIP (the same forward without the cache term). Target
+   overhead <= 3 %.
+
+Usage (defaults take a few minutes on a 2-core CPU)::
+
+    python benchmarks/bench_tip_adapter.py
+    python benchmarks/bench_tip_adapter.py --device cuda --num-classes 1000 \
+        --shots 16 --augment-epoch 10 --vision-width 768 \
+        --vision-layers 12 --patch-size 16 --embed-dim 512 --num-workers 8
+"""
+import argparse
+import gc
+import json
+import os
+import os.path as osp
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from multiprocessing import get_context
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner
+from PIL import Image
+
+from mmpretrain.registry import MODELS
+from tip_adapter_mm.datasets.augmented_views import AugmentedViewsDataset
+from tip_adapter_mm.datasets.few_shot import FewShotDataset
+from tip_adapter_mm.engine import extract_features, grid_search
+from tip_adapter_mm.models.heads.tip_adapter_head import TipAdapterHead
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PIPELINES = osp.join(REPO, 'configs', '_base_', 'datasets', 'pipelines.py')
+MODEL_NAME = 'TipAdapterBench-ViT'
+TARGETS = dict(cache_ratio=0.95, search_speedup=20.0, test_overhead=0.03)
+
+
+# -- arguments and machine ----------------------------------------------------
+def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add('--device', default='cpu', help="'cpu' or 'cuda'")
+    add('--out', default=osp.join(REPO, 'benchmarks', 'results',
+                                  'bench_tip_adapter.json'),
+        help='where to write the JSON results')
+    add('--repeats', type=int, default=3,
+        help='timed repetitions of each method (after one warm-up)')
+    add('--seed', type=int, default=0, help='seed of weights and data')
+    model = parser.add_argument_group('model (random open_clip ViT)')
+    model.add_argument('--vision-width', type=int, default=384,
+                       help='width of the vision transformer')
+    model.add_argument('--vision-layers', type=int, default=6,
+                       help='depth of the vision transformer')
+    model.add_argument('--patch-size', type=int, default=32,
+                       help='patch size (input is 224x224)')
+    model.add_argument('--embed-dim', type=int, default=256,
+                       help='dimension C of the CLIP embedding')
+    data = parser.add_argument_group('data (generated JPEGs)')
+    data.add_argument('--num-classes', type=int, default=16,
+                      help='N, classes of the few-shot set')
+    data.add_argument('--shots', type=int, default=16,
+                      help='K, few-shot images per class')
+    data.add_argument('--augment-epoch', type=int, default=2,
+                      help='augmented views per few-shot image')
+    data.add_argument('--val-size', type=int, default=256,
+                      help='images timed per test-time pass')
+    data.add_argument('--image-size', type=int, nargs=2, default=(400, 300),
+                      metavar=('W', 'H'), help='size of generated images')
+    data.add_argument('--batch-size', type=int, default=64,
+                      help='batch size of every loader and timed forward')
+    data.add_argument('--num-workers', type=int, default=2,
+                      help='dataloader worker processes')
+    data.add_argument('--max-batches-in-memory', type=int, default=8,
+                      help='preprocessed batches kept for the bare-encoder '
+                      'and test-time passes (cycled to cover all images)')
+    search = parser.add_argument_group(
+        'alpha/beta search (random features; sizes default to the above)')
+    search.add_argument('--search-val', type=int, default=None,
+                        help='M, features searched on [--val-size]')
+    search.add_argument('--search-keys', type=int, default=None,
+                        help='NK, cache keys [--num-classes * --shots]')
+    search.add_argument('--search-classes', type=int, default=None,
+                        help='N [--num-classes]')
+    search.add_argument('--search-dim', type=int, default=None,
+                        help='C [--embed-dim]')
+    search.add_argument('--search-steps', type=int, nargs=2,
+                        default=(200, 20), metavar=('BETA', 'ALPHA'),
+                        help='grid points')
+    search.add_argument('--search-chunk-size', type=int, default=4096,
+                        help='chunk_size of grid_search')
+    search.add_argument('--search-max-elements', type=int, default=2**26,
+                        help='max_elements of grid_search')
+    args = parser.parse_args(argv)
+    args.search_val = args.search_val or args.val_size
+    args.search_keys = args.search_keys or args.num_classes * args.shots
+    args.search_classes = args.search_classes or args.num_classes
+    args.search_dim = args.search_dim or args.embed_dim
+    return args
+
+
+def machine_info(device: torch.device) -> dict:
+    """CPU model, core count, library versions and accelerator."""
+    cpu = platform.processor() or 'unknown'
+    with open('/proc/cpuinfo') as f:
+        for line in f:
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    info = dict(cpu=cpu, cores=os.cpu_count(),
+                torch_threads=torch.get_num_threads(),
+                torch=torch.__version__, python=platform.python_version(),
+                device=str(device))
+    if device.type == 'cuda':
+        info['gpu'] = torch.cuda.get_device_name(device)
+    return info
+
+
+# -- model and data -----------------------------------------------------------
+def write_clip_model(root: str, args: argparse.Namespace) -> dict:
+    """Save an open_clip config and random weights; return backbone kwargs."""
+    config = dict(
+        embed_dim=args.embed_dim,
+        vision_cfg=dict(image_size=224, layers=args.vision_layers,
+                        width=args.vision_width,
+                        head_width=min(64, args.vision_width),
+                        patch_size=args.patch_size),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1,
+                      layers=1))
+    config_file = osp.join(root, f'{MODEL_NAME}.json')
+    with open(config_file, 'w') as f:
+        json.dump(config, f)
+    open_clip.add_model_config(config_file)
+    torch.manual_seed(args.seed)
+    weights = osp.join(root, 'weights.pt')
+    torch.save(open_clip.create_model(MODEL_NAME).state_dict(), weights)
+    return dict(model_name=MODEL_NAME, pretrained=weights,
+                model_config_file=config_file)
+
+
+def write_jpeg(job: Tuple[str, int, Tuple[int, int]]) -> None:
+    """A smooth random colour field with noise, saved as a JPEG."""
+    path, seed, size = job
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(coarse).resize(size, Image.BICUBIC))
+    noise = rng.integers(0, 48, base.shape, dtype=np.uint8)
+    Image.fromarray(np.maximum(base, 48) - noise).save(path, quality=90)
+
+
+def generate_images(root: str, args: argparse.Namespace) -> List[str]:
+    """``train/`` with ``--shots`` images per class and ``val/`` with
+    ``--val-size`` images over the classes; returns the class names."""
+    classes = [f'class_{c:04d}' for c in range(args.num_classes)]
+    jobs = []
+    for split, count in (('train', args.shots * args.num_classes),
+                         ('val', args.val_size)):
+        for name in classes:
+            os.makedirs(osp.join(root, split, name))
+        for i in range(count):
+            path = osp.join(root, split, classes[i % len(classes)],
+                            f'{i:06d}.jpg')
+            jobs.append((path, args.seed * 10**7 + len(jobs),
+                         tuple(args.image_size)))
+    with ProcessPoolExecutor(max(1, args.num_workers)) as pool:
+        list(pool.map(write_jpeg, jobs, chunksize=64))
+    return classes
+
+
+def build_model(clip: dict, num_classes: int, device: torch.device):
+    """The package's ``CLIPFewShotClassifier`` with a ``TipAdapterHead``."""
+    model = MODELS.build(dict(
+        type='CLIPFewShotClassifier',
+        backbone=dict(type='OpenCLIPVisualBackbone', **clip),
+        text_encoder=dict(type='OpenCLIPTextEncoder', **clip),
+        head=dict(type='TipAdapterHead', num_classes=num_classes)))
+    return model.to(device).eval()
+
+
+def build_loader(dataset, args: argparse.Namespace):
+    """An MMEngine dataloader as ``Runner.build_dataloader`` makes it from a
+    config (``DefaultSampler``, ``pseudo_collate``)."""
+    return Runner.build_dataloader(
+        dict(dataset=dataset, batch_size=args.batch_size,
+             num_workers=args.num_workers,
+             persistent_workers=args.num_workers > 0,
+             sampler=dict(type='DefaultSampler', shuffle=False)),
+        seed=args.seed)
+
+
+def preprocessed_batches(model, loader, limit: int) -> List[torch.Tensor]:
+    """The first ``limit`` batches of ``loader`` through the model's data
+    preprocessor, on the model's device."""
+    batches = []
+    with torch.no_grad():
+        for data in loader:
+            batches.append(model.data_preprocessor(data, False)['inputs'])
+            if len(batches) == limit:
+                break
+    return batches
+
+
+def cycled(batches: List[torch.Tensor],
+           num_images: int) -> Iterator[torch.Tensor]:
+    """Cycle over ``batches`` until ``num_images`` images were yielded."""
+    done = 0
+    while done < num_images:
+        for inputs in batches:
+            inputs = inputs[:num_images - done]
+            done += len(inputs)
+            yield inputs
+            if done >= num_images:
+                return
+
+
+# -- timing -------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Send file descriptor 1 to /dev/null (MMEngine's progress bar)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, 'w') as null:
+        os.dup2(null.fileno(), 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of ``fn()``, device work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def alternate(methods: Dict[str, Callable[[], object]], repeats: int,
+              device: torch.device) -> Dict[str, List[float]]:
+    """One untimed warm-up of each method, then ``repeats`` rounds timing
+    the methods in turn (A, B, A, B, ...); seconds per run."""
+    for fn in methods.values():
+        fn()
+    times = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            times[name].append(seconds(fn, device))
+    return times
+
+
+def summary(times: Dict[str, List[float]], work: float) -> dict:
+    """Median seconds, ``work / seconds`` per method, and the median of the
+    per-round ratios ``first / second`` of the throughputs."""
+    (name_a, a), (name_b, b) = times.items()
+    out = {name: dict(seconds=t, median_seconds=statistics.median(t),
+                      median_throughput=work / statistics.median(t))
+           for name, t in times.items()}
+    out['ratio'] = statistics.median(tb / ta for ta, tb in zip(a, b))
+    return out
+
+
+# -- 1. cache building --------------------------------------------------------
+def bench_cache(model, args: argparse.Namespace, root: str,
+                device: torch.device) -> Tuple[dict, dict]:
+    """Cache-building throughput against the bare encoder's.
+
+    Returns the results and the features of the last cache pass.
+    """
+    pipelines = Config.fromfile(PIPELINES)
+    fewshot = FewShotDataset(
+        dataset=dict(type='CustomDataset', data_root=root,
+                     data_prefix='train', pipeline=pipelines.train_pipeline),
+        num_shots=args.shots, seed=args.seed)
+    views = AugmentedViewsDataset(fewshot, num_views=args.augment_epoch,
+                                  seed=args.seed)
+    loader = build_loader(views, args)
+    batches = preprocessed_batches(model, loader, args.max_batches_in_memory)
+    num_images = len(views)
+    features = {}
+
+    def cache_pass() -> None:
+        with quiet_stdout():
+            features.update(extract_features(model, loader))
+
+    @torch.no_grad()
+    def bare_pass() -> None:
+        for inputs in cycled(batches, num_images):
+            model.encode_image(inputs)
+
+    times = alternate(dict(cache_path=cache_pass, bare_encoder=bare_pass),
+                      args.repeats, device)
+    result = summary(times, num_images)
+    result.update(images_per_pass=num_images, unit='images/s',
+                  few_shot_images=len(fewshot),
+                  target=TARGETS['cache_ratio'],
+                  met=result['ratio'] >= TARGETS['cache_ratio'])
+    return result, features
+
+
+def set_cache_from_views(model, views: dict, num_views: int) -> None:
+    """Cache keys and values from the encoded views, as BuildCacheHook
+    builds them: mean over views, L2-normalised; one-hot labels."""
+    head = model.head
+    feats = views['feats'].view(num_views, -1, views['feats'].shape[-1])
+    labels = views['labels'].view(num_views, -1)[0]
+    device = head.cache_values.device
+    head.set_cache(F.normalize(feats.mean(dim=0), dim=-1).to(device),
+                   F.one_hot(labels, head.num_classes).float().to(device))
+
+
+# -- 2. alpha/beta search -----------------------------------------------------
+def search_problem(args: argparse.Namespace, device: torch.device):
+    """A ``TipAdapterHead`` with zero-shot weights and a cache, and
+    normalised search features with labels, clustered around random class
+    centres so that accuracy varies over the grid."""
+    generator = torch.Generator().manual_seed(args.seed)
+    num_classes, dim = args.search_classes, args.search_dim
+
+    def around(centres: torch.Tensor, spread: float) -> torch.Tensor:
+        noise = torch.randn(centres.shape, generator=generator)
+        return F.normalize(centres + spread / dim**0.5 * noise, dim=-1)
+
+    centres = F.normalize(torch.randn(num_classes, dim, generator=generator),
+                          dim=-1)
+    key_labels = torch.arange(args.search_keys) % num_classes
+    labels = torch.randint(num_classes, (args.search_val, ),
+                           generator=generator)
+    head = TipAdapterHead(num_classes, search_step=args.search_steps).to(
+        device)
+    head.set_zero_shot_weights(around(centres, 1.5).t().to(device))
+    head.set_cache(around(centres[key_labels], 1.5).to(device),
+                   F.one_hot(key_labels, num_classes).float().to(device))
+    feats = around(centres[labels], 1.5).to(device)
+    return head, feats, labels.to(device)
+
+
+@torch.no_grad()
+def loop_search(head: TipAdapterHead, feats: torch.Tensor,
+                labels: torch.Tensor) -> dict:
+    """The reference search: one full forward per ``(beta, alpha)``.
+
+    Returns the best point (first maximum in grid order, as the reference
+    keeps it with ``>``), its accuracy and the correct counts per point.
+    """
+    grid = head.search_grid()
+    weights, keys = head.zero_shot_weights, head.cache_keys
+    values, scale = head.cache_values, head.clip_logit_scale
+    correct = torch.zeros(len(grid['beta']), len(grid['alpha']),
+                          dtype=torch.int64)
+    best, best_count = None, -1
+    for i, beta in enumerate(grid['beta'].tolist()):
+        for j, alpha in enumerate(grid['alpha'].tolist()):
+            logits = scale * feats @ weights + alpha * torch.exp(
+                -beta * (1 - feats @ keys.t())) @ values
+            count = int((logits.argmax(dim=-1) == labels).sum())
+            correct[i, j] = count
+            if count > best_count:
+                best, best_count = dict(beta=beta, alpha=alpha), count
+    return dict(best=best, accuracy=best_count * 100.0 / max(len(feats), 1),
+                correct=correct)
+
+
+def run_search(method: str, head, feats, labels,
+               args: argparse.Namespace):
+    """``grid_search`` (method 'vectorised') or :func:`loop_search`."""
+    if method == 'vectorised':
+        return grid_search(head, feats, labels, args.search_chunk_size,
+                           args.search_max_elements)
+    return loop_search(head, feats, labels)
+
+
+def search_peak_rss(method: str, args: argparse.Namespace) -> int:
+    """Peak RSS increase (bytes) of one search, in this fresh process.
+
+    The baseline is ``ru_maxrss`` once the inputs exist and the method ran
+    on 8 samples (one-time library allocations).
+    """
+    device = torch.device('cpu')
+    head, feats, labels = search_problem(args, device)
+    run_search(method, head, feats[:8], labels[:8], args)
+    gc.collect()
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run_search(method, head, feats, labels, args)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss -
+            baseline) * 1024
+
+
+def search_peak_memory(method: str, head, feats, labels,
+                       args: argparse.Namespace) -> int:
+    """Peak memory increase (bytes) of one search: CUDA allocator peak, or
+    the RSS peak of a fresh spawned process on CPU."""
+    if feats.device.type == 'cuda':
+        torch.cuda.synchronize(feats.device)
+        torch.cuda.reset_peak_memory_stats(feats.device)
+        baseline = torch.cuda.memory_allocated(feats.device)
+        run_search(method, head, feats, labels, args)
+        return torch.cuda.max_memory_allocated(feats.device) - baseline
+    with ProcessPoolExecutor(1, mp_context=get_context('spawn')) as pool:
+        return pool.submit(search_peak_rss, method, args).result()
+
+
+def bench_search(args: argparse.Namespace, device: torch.device) -> dict:
+    """Vectorised ``grid_search`` against the per-pair loop."""
+    head, feats, labels = search_problem(args, device)
+    results = {}
+
+    def method(name: str) -> Callable[[], None]:
+
+        def run() -> None:
+            results[name] = run_search(name, head, feats, labels, args)
+
+        return run
+
+    times = alternate(dict(vectorised=method('vectorised'),
+                           loop=method('loop')), args.repeats, device)
+    result = summary(times, 1.0)
+    vectorised, loop = results['vectorised'], results['loop']
+    result['speedup'] = result.pop('ratio')
+    for name in times:
+        result[name]['peak_memory_bytes'] = search_peak_memory(
+            name, head, feats, labels, args)
+    result.update(
+        sizes=dict(M=args.search_val, NK=args.search_keys,
+                   N=args.search_classes, C=args.search_dim,
+                   grid=list(args.search_steps)),
+        memory_kind=('cuda max_memory_allocated' if device.type == 'cuda'
+                     else 'peak RSS increase, fresh process'),
+        best=dict(vectorised=dict(vectorised.best,
+                                  accuracy=vectorised.accuracy),
+                  loop=dict(loop['best'], accuracy=loop['accuracy'])),
+        same_best=(vectorised.best == loop['best']
+                   and vectorised.accuracy == loop['accuracy']),
+        differing_grid_points=int(
+            (vectorised.accuracy_grid * len(feats) / 100).round().long()
+            .ne(loop['correct']).sum()),
+        target=TARGETS['search_speedup'])
+    result['met'] = result['speedup'] >= TARGETS['search_speedup']
+    return result
+
+
+# -- 3. test time -------------------------------------------------------------
+def zero_shot_predict(model, inputs: torch.Tensor):
+    """Zero-shot CLIP: ``model.predict`` without the cache term (backbone,
+    normalisation, ``clip_logits``, the head's usual post-processing)."""
+    head = model.head
+    feats = head.pre_logits(model.extract_feat(inputs))
+    return head._get_predictions(head.clip_logits(feats), None)
+
+
+def bench_test_time(model, args: argparse.Namespace, root: str,
+                    device: torch.device) -> dict:
+    """Tip-Adapter ``predict`` against zero-shot CLIP on the same batches."""
+    pipelines = Config.fromfile(PIPELINES)
+    loader = build_loader(
+        dict(type='CustomDataset', data_root=root, data_prefix='val',
+             pipeline=pipelines.test_pipeline), args)
+    batches = preprocessed_batches(model, loader, args.max_batches_in_memory)
+    del loader  # stops its persistent workers before the timing
+
+    def timed_pass(predict: Callable) -> Callable[[], None]:
+
+        @torch.no_grad()
+        def run() -> None:
+            for inputs in cycled(batches, args.val_size):
+                predict(inputs)
+
+        return run
+
+    times = alternate(
+        dict(tip_adapter=timed_pass(model.predict),
+             zero_shot=timed_pass(lambda x: zero_shot_predict(model, x))),
+        args.repeats, device)
+    result = summary(times, args.val_size)
+    result['overhead'] = 1 - result.pop('ratio')
+    result.update(images_per_pass=args.val_size, unit='images/s',
+                  cache_keys=int(model.head.cache_keys.shape[0]),
+                  target=TARGETS['test_overhead'],
+                  met=result['overhead'] <= TARGETS['test_overhead'])
+    return result
+
+
+# -- report -------------------------------------------------------------------
+def markdown_table(results: dict) -> str:
+    """The three comparisons, absolute numbers and ratios, as Markdown."""
+    m, cache = results['machine'], results['cache_building']
+    search, test = results['search'], results['test_time']
+    mib = 2.0**20
+
+    def met(r: dict) -> str:
+        return 'yes' if r['met'] else '**no**'
+
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores "
+        f"({m['torch_threads']} torch threads), torch {m['torch']}, "
+        f"device {m['device']}" + (f" ({m['gpu']})" if 'gpu' in m else ''),
+        '',
+        '| Measurement | A | B | A vs B | Target | Met |',
+        '|---|---|---|---|---|---|',
+        f"| Cache building, {cache['images_per_pass']} views "
+        f"(images/s) | cache path "
+        f"{cache['cache_path']['median_throughput']:.1f} | bare encoder "
+        f"{cache['bare_encoder']['median_throughput']:.1f} | ratio "
+        f"{cache['ratio']:.3f} | >= {cache['target']} | {met(cache)} |",
+        f"| Alpha/beta search, {search['sizes']} (s) | grid_search "
+        f"{search['vectorised']['median_seconds']:.3f} | double loop "
+        f"{search['loop']['median_seconds']:.3f} | speed-up "
+        f"{search['speedup']:.1f}x | >= {search['target']:.0f}x | "
+        f"{met(search)} |",
+        f"| Search peak memory, {search['memory_kind']} (MiB) | grid_search "
+        f"{search['vectorised']['peak_memory_bytes'] / mib:.1f} | double "
+        f"loop {search['loop']['peak_memory_bytes'] / mib:.1f} | | | |",
+        f"| Test time, {test['images_per_pass']} images, "
+        f"{test['cache_keys']} keys (images/s) | Tip-Adapter predict "
+        f"{test['tip_adapter']['median_throughput']:.1f} | zero-shot "
+        f"{test['zero_shot']['median_throughput']:.1f} | overhead "
+        f"{100 * test['overhead']:.2f} % | <= {100 * test['target']:.0f} % "
+        f"| {met(test)} |",
+        '',
+        f"Search check: same best (beta, alpha, accuracy): "
+        f"{search['same_best']} (grid_search {search['best']['vectorised']}"
+        f", loop {search['best']['loop']}); grid points with different "
+        f"counts: {search['differing_grid_points']}.",
+    ]
+    return '\n'.join(lines)
+
+
+def main(argv: Sequence[str] = None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    init_default_scope('mmpretrain')
+    root = tempfile.mkdtemp(prefix='bench_tip_adapter_')
+    try:
+        start = time.perf_counter()
+        clip = write_clip_model(root, args)
+        classes = generate_images(root, args)
+        model = build_model(clip, args.num_classes, device)
+        model.build_zero_shot_weights(classes)
+        cache, views = bench_cache(model, args, root, device)
+        set_cache_from_views(model, views, args.augment_epoch)
+        results = dict(machine=machine_info(device), args=vars(args),
+                       cache_building=cache,
+                       search=bench_search(args, device),
+                       test_time=bench_test_time(model, args, root, device))
+        results['total_seconds'] = time.perf_counter() - start
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(markdown_table(results))
+    print(f"\nTotal {results['total_seconds']:.0f} s; JSON: {args.out}")
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == '__main__':
+    main()
