@@ -11,6 +11,7 @@ from mmengine.config import Config, DictAction
 from mmengine.evaluator import DumpResults
 from mmengine.runner import Runner
 
+from mmpretrain.registry import RUNNERS
 from tip_adapter_mm.utils import setup_distributed
 
 
@@ -60,9 +61,14 @@ def main() -> None:
                                 osp.splitext(osp.basename(args.config))[0])
     if args.checkpoint is not None:
         cfg.load_from = args.checkpoint
+    # Only testing: no train loop, optimizer or schedule is built.
+    for key in ('train_dataloader', 'train_cfg', 'optim_wrapper',
+                'param_scheduler'):
+        cfg[key] = None
     setup_distributed(cfg, args.launcher)
 
-    runner = Runner.from_cfg(cfg)
+    runner = (RUNNERS.build(cfg) if 'runner_type' in cfg else
+              Runner.from_cfg(cfg))
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError(f'--out must end with .pkl, got {args.out!r}')

@@ -10,6 +10,7 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from mmpretrain.registry import RUNNERS
 from tip_adapter_mm.utils import setup_distributed
 
 
@@ -32,6 +33,11 @@ def parse_args() -> argparse.Namespace:
         action='store_true',
         help='skip validation during training (then the best checkpoint '
         'cannot be selected on validation)')
+    parser.add_argument(
+        '--no-test',
+        action='store_true',
+        help='do not evaluate the final (best, searched) model on the test '
+        'split after training')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -82,8 +88,11 @@ def main() -> None:
     args = parse_args()
     cfg = merge_args(Config.fromfile(args.config), args)
     setup_distributed(cfg, args.launcher)
-    runner = Runner.from_cfg(cfg)
+    runner = (RUNNERS.build(cfg) if 'runner_type' in cfg else
+              Runner.from_cfg(cfg))
     runner.train()
+    if not args.no_test and cfg.get('test_dataloader'):
+        runner.test()
 
 
 if __name__ == '__main__':

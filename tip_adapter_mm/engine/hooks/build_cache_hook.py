@@ -64,6 +64,8 @@ class BuildCacheHook(Hook):
         self.seed = seed
         self.cache_dir = cache_dir
         self.class_names = None
+        #: Feature-store file of the encoded views, once built or loaded.
+        self.views_path: Optional[str] = None
 
     def before_train(self, runner) -> None:
         self.build(runner)
@@ -91,8 +93,10 @@ class BuildCacheHook(Hook):
                 'configs/_base_/datasets/) or pass `dataloader=`.')
         return copy.deepcopy(dict(cfg))
 
-    def build(self, runner) -> None:
-        model = unwrap(runner.model)
+    def build(self, runner, model: Optional[torch.nn.Module] = None) -> None:
+        """Build what the head lacks (``model``: defaults to the runner's,
+        unwrapped; :class:`FewShotRunner` passes it before wrapping)."""
+        model = unwrap(runner.model) if model is None else model
         head = model.head
         if getattr(model, 'needs_zero_shot_weights', False) or (
                 not head.has_cache):
@@ -138,6 +142,7 @@ class BuildCacheHook(Hook):
             num_views=self.augment_epoch,
             seed=seed)
         key = store.key(description)
+        self.views_path = store.path('views', key)
         saved = store.load('views', key)
         if saved is not None:
             runner.logger.info(

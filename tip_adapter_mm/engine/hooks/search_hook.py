@@ -14,10 +14,24 @@ from ..search import grid_search, save_search_report
 from .build_cache_hook import encoder_description, unwrap
 
 
+def _same_split(cfg) -> bool:
+    """Whether validation runs on the test data."""
+    val, test = cfg.get('val_dataloader'), cfg.get('test_dataloader')
+    return bool(val) and bool(test) and val.get('dataset') == test.get(
+        'dataset')
+
+
 @HOOKS.register_module()
 class HyperparameterSearchHook(Hook):
     """Grid-search the head's hyperparameters (alpha, beta for Tip-Adapter)
     on held-out features, and apply the best before val/test.
+
+    With training (Tip-Adapter-F) it stays out of the way while the keys are
+    fine-tuned (validation then uses the initial alpha and beta, as the
+    loss does); after training it loads the best checkpoint chosen on
+    validation by ``CheckpointHook(save_best=...)``, searches again with the
+    fine-tuned keys and saves the result as ``<work_dir>/final_searched.pth``
+    (what ``tools/test.py CONFIG CHECKPOINT`` takes).
 
     Features of the search split are encoded once, saved under
     ``cache_dir`` and reused. The search is vectorised over the grid and
@@ -48,9 +62,35 @@ class HyperparameterSearchHook(Hook):
         self.chunk_size = int(chunk_size)
         self.max_elements = int(max_elements)
         self.cache_dir = cache_dir
+        self._training = False
+
+    def before_train(self, runner) -> None:
+        self._training = True
+        if self.split == 'test' or _same_split(runner.cfg):
+            runner.logger.warning(
+                'Validation and/or the search use the TEST split (the '
+                'reference code\'s protocol): the best epoch and alpha/beta '
+                'are chosen on test, so the test accuracy is optimistically '
+                'biased. Use a validation split for a valid estimate.')
+
+    def after_train(self, runner) -> None:
+        self._training = False
+        best = runner.message_hub.get_info('best_ckpt')
+        if best:
+            runner.logger.info(f'Loading the best epoch on validation: {best}')
+            runner.load_checkpoint(best)
+        self.search(runner, force=True)
+        runner.save_checkpoint(
+            runner.work_dir,
+            'final_searched.pth',
+            save_optimizer=False,
+            save_param_scheduler=False)
+        runner.logger.info('Saved the searched model to '
+                           f'{osp.join(runner.work_dir, "final_searched.pth")}')
 
     def before_val(self, runner) -> None:
-        self.search(runner)
+        if not self._training:
+            self.search(runner)
 
     def before_test(self, runner) -> None:
         self.search(runner)

@@ -23,6 +23,10 @@ class OpenCLIPVisualBackbone(BaseModule):
         model_config_file (str, optional): JSON architecture file for models
             open_clip doesn't ship (see :func:`create_open_clip_model`).
         cache_dir (str, optional): open_clip's download directory.
+        save_weights (bool): Whether checkpoints hold the tower's weights.
+            Default False: they are frozen and come from ``pretrained``, so
+            a checkpoint keeps only what the adaptation learned or built;
+            loading such a checkpoint leaves the tower as built.
 
     Shapes:
         input ``(B, 3, H, W)`` normalised images; output a 1-tuple with the
@@ -34,6 +38,7 @@ class OpenCLIPVisualBackbone(BaseModule):
                  pretrained: Optional[str] = None,
                  model_config_file: Optional[str] = None,
                  cache_dir: Optional[str] = None,
+                 save_weights: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         clip = create_open_clip_model(model_name, pretrained,
@@ -42,6 +47,30 @@ class OpenCLIPVisualBackbone(BaseModule):
         self.out_channels = int(self.visual.output_dim)
         self.visual.requires_grad_(False)
         self.visual.eval()
+        self.save_weights = save_weights
+        self._load_prefix: Optional[str] = None
+        self.register_state_dict_post_hook(self._drop_frozen_weights)
+        self.register_load_state_dict_post_hook(self._forgive_frozen_weights)
+
+    @staticmethod
+    def _drop_frozen_weights(module, state_dict, prefix, local_metadata):
+        if not module.save_weights:
+            for key in [k for k in state_dict if k.startswith(prefix)]:
+                del state_dict[key]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint without the frozen weights: keep the built ones.
+        has_weights = any(k.startswith(prefix) for k in state_dict)
+        self._load_prefix = None if has_weights else prefix
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @staticmethod
+    def _forgive_frozen_weights(module, incompatible_keys):
+        if module._load_prefix is not None:
+            missing = incompatible_keys.missing_keys
+            missing[:] = [
+                k for k in missing if not k.startswith(module._load_prefix)
+            ]
 
     def train(self, mode: bool = True) -> 'OpenCLIPVisualBackbone':
         """Keep the tower in eval mode (frozen BatchNorm, no dropout)."""

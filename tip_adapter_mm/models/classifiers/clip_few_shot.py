@@ -36,7 +36,12 @@ class CLIPFewShotClassifier(ImageClassifier):
         use_model_logit_scale (bool): Scale zero-shot logits by the model's
             ``logit_scale.exp()`` instead of the head's fixed 100.
         data_preprocessor (dict, optional): Defaults to
-            ``ClsDataPreprocessor`` with CLIP's mean and std, BGR to RGB.
+            :class:`FeatureOrImageDataPreprocessor` with CLIP's mean and
+            std, BGR to RGB.
+
+    Inputs are images ``(B, 3, H, W)``, or raw features ``(B, C)`` already
+    encoded by this backbone (Tip-Adapter-F training on cached views), which
+    skip the backbone.
     """
 
     def __init__(self,
@@ -50,7 +55,7 @@ class CLIPFewShotClassifier(ImageClassifier):
                  init_cfg: Optional[dict] = None) -> None:
         if data_preprocessor is None:
             data_preprocessor = dict(
-                type='ClsDataPreprocessor',
+                type='FeatureOrImageDataPreprocessor',
                 mean=CLIP_MEAN,
                 std=CLIP_STD,
                 to_rgb=True)
@@ -65,8 +70,12 @@ class CLIPFewShotClassifier(ImageClassifier):
         self.use_model_logit_scale = use_model_logit_scale
 
     def encode_image(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Raw visual features ``(B, C)`` of preprocessed ``inputs``."""
-        return self.backbone(inputs)[-1].float()
+        """Raw visual features ``(B, C)`` of preprocessed images, or the
+        features themselves when ``inputs`` is already ``(B, C)``."""
+        if inputs.dim() == 2:
+            return inputs.float()
+        with torch.no_grad():
+            return self.backbone(inputs)[-1].float()
 
     def extract_feat(self, inputs: torch.Tensor,
                      stage: str = 'neck') -> Tuple[torch.Tensor]:
@@ -105,5 +114,5 @@ class CLIPFewShotClassifier(ImageClassifier):
                                           self.templates)
         self.head.set_zero_shot_weights(weights)
         if self.use_model_logit_scale:
-            self.head.clip_logit_scale = encoder.logit_scale
+            self.head.clip_logit_scale.fill_(encoder.logit_scale)
         del encoder

@@ -1,8 +1,9 @@
 """Shared state of heads that classify with a few-shot key-value cache."""
 from collections import OrderedDict
-from typing import Any, Dict, Tuple, Union
+from typing import Dict, Tuple, Union
 
 import torch
+import torch.nn as nn
 
 from mmpretrain.models.heads import ClsHead
 
@@ -18,11 +19,15 @@ class BaseCacheHead(ClsHead):
     head it is.
 
     Buffers (empty until built; resized when a checkpoint is loaded):
-        cache_keys ``(NK, C)``: L2-normalised few-shot features.
+        cache_keys ``(NK, C)``: L2-normalised few-shot features; a learnable
+            parameter (the bias-free linear layer of Tip-Adapter-F) when
+            ``train_cache_keys`` is True.
         cache_values ``(NK, N)``: one-hot labels of the keys.
 
     Args:
         num_classes (int): N.
+        train_cache_keys (bool): Make the keys learnable (Tip-Adapter-F).
+            Values and everything else stay frozen.
         loss (dict): Loss config, as :class:`ClsHead`.
         topk (int | tuple): As :class:`ClsHead`.
         init_cfg (dict, optional): As :class:`ClsHead`.
@@ -33,14 +38,20 @@ class BaseCacheHead(ClsHead):
 
     def __init__(self,
                  num_classes: int,
+                 train_cache_keys: bool = False,
                  loss: dict = dict(type='CrossEntropyLoss', loss_weight=1.0),
                  topk: Union[int, Tuple[int]] = (1, ),
                  init_cfg: Union[dict, None] = None) -> None:
         super().__init__(loss=loss, topk=topk, init_cfg=init_cfg)
         self.num_classes = int(num_classes)
-        self.register_buffer('cache_keys', torch.zeros(0, 0))
+        self.train_cache_keys = bool(train_cache_keys)
+        if self.train_cache_keys:
+            self.cache_keys = nn.Parameter(torch.zeros(0, 0))
+        else:
+            self.register_buffer('cache_keys', torch.zeros(0, 0))
         self.register_buffer('cache_values', torch.zeros(0, self.num_classes))
-        self.searched = False
+        # Whether the hyperparameters were searched (saved in checkpoints).
+        self.register_buffer('is_searched', torch.tensor(False))
 
     # -- cache ---------------------------------------------------------------
     @property
@@ -57,7 +68,12 @@ class BaseCacheHead(ClsHead):
                 f'{self.num_classes}), got {tuple(cache_keys.shape)} and '
                 f'{tuple(cache_values.shape)}.')
         device = self.cache_values.device
-        self.cache_keys = cache_keys.detach().float().to(device).contiguous()
+        keys = cache_keys.detach().float().to(device).contiguous()
+        if isinstance(self.cache_keys, nn.Parameter):
+            # Keep the parameter object: an optimizer may already hold it.
+            self.cache_keys.data = keys
+        else:
+            self.cache_keys = keys
         self.cache_values = cache_values.detach().float().to(device)
 
     def _require_cache(self) -> None:
@@ -67,6 +83,16 @@ class BaseCacheHead(ClsHead):
                 'to custom_hooks, or load a checkpoint that holds one.')
 
     # -- hyperparameters -----------------------------------------------------
+    def register_hyperparameter(self, name: str, value: float) -> None:
+        """A scalar kept as a float64 buffer, so that it is saved in and
+        loaded from checkpoints (and broadcast like any buffer)."""
+        self.register_buffer(name, torch.tensor(float(value),
+                                                dtype=torch.float64))
+
+    @property
+    def searched(self) -> bool:
+        return bool(self.is_searched)
+
     @property
     def hyperparameters(self) -> Dict[str, float]:
         """The searched hyperparameters, e.g. ``{'beta': 1., 'alpha': 1.}``."""
@@ -81,8 +107,8 @@ class BaseCacheHead(ClsHead):
                            f'{sorted(unknown)}; it has '
                            f'{list(self.search_grid())}.')
         for name, value in params.items():
-            setattr(self, name, float(value))
-        self.searched = searched
+            getattr(self, name).fill_(float(value))
+        self.is_searched.fill_(bool(searched))
 
     def search_grid(self) -> 'OrderedDict[str, torch.Tensor]':
         """Values searched per hyperparameter, outermost first."""
@@ -103,19 +129,16 @@ class BaseCacheHead(ClsHead):
         raise NotImplementedError
 
     # -- checkpoints ---------------------------------------------------------
-    def get_extra_state(self) -> Dict[str, Any]:
-        return dict(hyperparameters=dict(self.hyperparameters),
-                    searched=self.searched)
-
-    def set_extra_state(self, state: Dict[str, Any]) -> None:
-        self.set_hyperparameters(
-            searched=bool(state['searched']), **state['hyperparameters'])
-
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Cache shapes depend on the data; take them from the checkpoint.
         for name in self.dynamic_buffers:
             value = state_dict.get(prefix + name)
-            if value is not None:
+            if value is None:
+                continue
+            if name in self._parameters:
+                param = self._parameters[name]
+                param.data = torch.empty_like(value, device=param.device)
+            else:
                 self._buffers[name] = torch.empty_like(
                     value, device=self._buffers[name].device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,6 +1,6 @@
 """Tip-Adapter: zero-shot CLIP plus a training-free cache model."""
 from collections import OrderedDict
-from typing import Any, Dict, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 
@@ -35,6 +35,9 @@ class TipAdapterHead(BaseCacheHead):
         clip_logit_scale (float): Scale of the zero-shot logits; 100, the
             learned scale of released CLIP models. The classifier replaces
             it with the model's own ``logit_scale.exp()`` when asked.
+        train_cache_keys (bool): Tip-Adapter-F: the keys are learnable and
+            trained with cross-entropy on these logits at the initial
+            alpha and beta.
 
     Buffers: ``zero_shot_weights`` ``(C, N)`` besides the cache.
     """
@@ -48,15 +51,21 @@ class TipAdapterHead(BaseCacheHead):
                  search_scale: Sequence[float] = (7.0, 3.0),
                  search_step: Sequence[int] = (200, 20),
                  clip_logit_scale: float = 100.0,
+                 train_cache_keys: bool = False,
                  loss: dict = dict(type='CrossEntropyLoss', loss_weight=1.0),
                  topk: Union[int, Tuple[int]] = (1, ),
                  init_cfg: Union[dict, None] = None) -> None:
-        super().__init__(num_classes, loss=loss, topk=topk, init_cfg=init_cfg)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
+        super().__init__(
+            num_classes,
+            train_cache_keys=train_cache_keys,
+            loss=loss,
+            topk=topk,
+            init_cfg=init_cfg)
+        self.register_hyperparameter('alpha', alpha)
+        self.register_hyperparameter('beta', beta)
+        self.register_hyperparameter('clip_logit_scale', clip_logit_scale)
         self.search_scale = tuple(float(s) for s in search_scale)
         self.search_step = tuple(int(s) for s in search_step)
-        self.clip_logit_scale = float(clip_logit_scale)
         self.register_buffer('zero_shot_weights',
                              torch.zeros(0, self.num_classes))
 
@@ -126,13 +135,3 @@ class TipAdapterHead(BaseCacheHead):
             hits = logits.argmax(dim=-1) == labels  # (A, b, M)
             correct[start:start + chunk] = hits.sum(dim=-1).t().cpu()
         return correct
-
-    # -- checkpoints ---------------------------------------------------------
-    def get_extra_state(self) -> Dict[str, Any]:
-        state = super().get_extra_state()
-        state['clip_logit_scale'] = self.clip_logit_scale
-        return state
-
-    def set_extra_state(self, state: Dict[str, Any]) -> None:
-        super().set_extra_state(state)
-        self.clip_logit_scale = float(state['clip_logit_scale'])

@@ -1,0 +1,10 @@
+# NOT A VALID PROTOCOL. Reproduces the public reference code, which picks the
+# best epoch and searches alpha/beta on the ImageNet TEST images; use it only
+# to compare with published numbers. A warning is logged.
+_base_ = ['./tip_f_imagenet_16shot.py']
+
+val_dataloader = {{_base_.test_dataloader}}
+custom_hooks = [
+    dict(type='BuildCacheHook', augment_epoch=10),
+    dict(type='HyperparameterSearchHook', split='test'),
+]

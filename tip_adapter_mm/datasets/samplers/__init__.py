@@ -1,0 +1,3 @@
+from .view_cycling import ViewCyclingSampler
+
+__all__ = ['ViewCyclingSampler']

@@ -1,0 +1,4 @@
+from .trainable_params_constructor import \
+    TrainableParamsOptimWrapperConstructor
+
+__all__ = ['TrainableParamsOptimWrapperConstructor']

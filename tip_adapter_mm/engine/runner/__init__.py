@@ -1,0 +1,3 @@
+from .few_shot_runner import FewShotRunner
+
+__all__ = ['FewShotRunner']
