@@ -7,4 +7,5 @@ val_dataloader = {{_base_.test_dataloader}}
 custom_hooks = [
     dict(type='BuildCacheHook', augment_epoch=10),
     dict(type='HyperparameterSearchHook', split='test'),
+    dict(type='ValidateAfterResumeHook'),
 ]

@@ -78,21 +78,23 @@ def image_folders(tmp_path_factory) -> Path:
 
 def tiny_config(path: Path, tiny_clip: Dict[str, str], data_root: Path,
                 num_shots: int = 4, augment_epoch: int = 3,
-                extra: str = '') -> Path:
+                schedule: str = 'tip_adapter', extra: str = '') -> Path:
     """A test config inheriting the real ``_base_`` files, with the tiny
-    model and the generated folders swapped in."""
+    model and the generated folders swapped in. ``schedule='tip_adapter_f'``
+    gives Tip-Adapter-F with learnable keys."""
     path.write_text(f"""
 _base_ = [
     {str(CONFIGS / '_base_/models/tip_adapter_rn50.py')!r},
     {str(CONFIGS / '_base_/datasets/folder_fewshot.py')!r},
-    {str(CONFIGS / '_base_/schedules/tip_adapter.py')!r},
+    {str(CONFIGS / f'_base_/schedules/{schedule}.py')!r},
     {str(CONFIGS / '_base_/default_runtime.py')!r},
 ]
 clip = dict(model_name={tiny_clip['model_name']!r},
             pretrained={tiny_clip['pretrained']!r},
             model_config_file={tiny_clip['model_config_file']!r})
 model = dict(backbone=clip, text_encoder=clip,
-             head=dict(num_classes=3, search_step=(20, 10), topk=(1, )))
+             head=dict(num_classes=3, search_step=(20, 10), topk=(1, ),
+                       train_cache_keys={schedule == 'tip_adapter_f'}))
 data_root = {str(data_root)!r}
 loader = dict(batch_size=8, num_workers=0, persistent_workers=False)
 fewshot_dataloader = dict(
@@ -103,22 +105,27 @@ test_dataloader = dict(**loader, dataset=dict(data_root=data_root))
 custom_hooks = [
     dict(type='BuildCacheHook', augment_epoch={augment_epoch}),
     dict(type='HyperparameterSearchHook'),
-]
+] + ([dict(type='ValidateAfterResumeHook')]
+     if {schedule == 'tip_adapter_f'} else [])
 {extra}
 """)
     return path
 
 
-def run_tool(args: List[str], timeout: int = 300) -> str:
+def run_tool(args: List[str], timeout: int = 300, python_path: str = '',
+             expect_rc: int = 0) -> str:
     """Run a command from the repository root; return stdout+stderr, fail
-    the test with the output if it exits non-zero."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1',
+    the test with the output if it does not exit with ``expect_rc``."""
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), python_path)
+                                          if p),
+               OMP_NUM_THREADS='1',
                PATH=osp.dirname(sys.executable) + os.pathsep +
                os.environ.get('PATH', ''))
     proc = subprocess.run(
         args, cwd=REPO, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert proc.returncode == expect_rc, proc.stdout[-6000:]
     return proc.stdout
 
 

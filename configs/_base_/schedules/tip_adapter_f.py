@@ -36,6 +36,8 @@ custom_hooks = [
     # After training: load the best epoch, search (beta, alpha) on val with
     # the fine-tuned keys, save <work_dir>/final_searched.pth.
     dict(type='HyperparameterSearchHook', split='val'),
+    # --resume after a kill: validate the resumed epoch (see the hook).
+    dict(type='ValidateAfterResumeHook'),
 ]
 
 # Only the keys have gradients: DDP synchronises just them.

@@ -1,0 +1,276 @@
+"""Tip-Adapter-F: only the keys train, the SPEC logits hold with trained
+keys, best epoch on validation, kill-and-resume, 2 processes vs 1."""
+import re
+import socket
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import python_tool, run_tool, tiny_config
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+
+from mmpretrain.registry import MODELS, RUNNERS
+from mmpretrain.structures import DataSample
+
+EPOCHS = 4
+F_EXTRA = f"""
+global_batch_size = 4
+train_cfg = dict(max_epochs={EPOCHS})
+param_scheduler = dict(T_max={EPOCHS}, end={EPOCHS})
+"""
+
+# A validation metric scripted per validation call (the call counter lives in
+# the message hub, so it is saved in checkpoints and survives a resume):
+# epoch 2 is the best on "validation" whatever the test accuracy says.
+SCRIPTED_METRIC = '''
+from mmengine.evaluator import BaseMetric
+from mmengine.logging import MessageHub
+from mmpretrain.registry import METRICS
+
+SCORES = [50.0, 90.0, 60.0, 70.0]
+
+
+@METRICS.register_module()
+class ScriptedValAccuracy(BaseMetric):
+    default_prefix = 'accuracy'
+
+    def process(self, data_batch, data_samples):
+        self.results.append(len(data_samples))
+
+    def compute_metrics(self, results):
+        hub = MessageHub.get_current_instance()
+        call = hub.get_info('scripted_val_calls', 0)
+        hub.update_info('scripted_val_calls', call + 1)
+        return {'top1': SCORES[call]}
+'''
+
+# Kills the process right after epoch 2 is checkpointed, before its
+# validation: the harshest point for a resume.
+KILL_HOOK = '''
+import os
+from mmengine.hooks import Hook
+from mmpretrain.registry import HOOKS
+
+
+@HOOKS.register_module()
+class KillAfterEpochHook(Hook):
+    priority = 'LOWEST'
+
+    def after_train_epoch(self, runner):
+        if runner.epoch + 1 == 2:
+            os._exit(3)
+'''
+
+
+@pytest.fixture(scope='module')
+def plugins(tmp_path_factory):
+    root = tmp_path_factory.mktemp('plugins')
+    (root / 'scripted_metric.py').write_text(SCRIPTED_METRIC)
+    (root / 'kill_hook.py').write_text(KILL_HOOK)
+    return root
+
+
+def f_config(path, tiny_clip, image_folders, extra=''):
+    return tiny_config(path, tiny_clip, image_folders,
+                       schedule='tip_adapter_f', extra=F_EXTRA + extra)
+
+
+SCRIPTED = """
+custom_imports = dict(imports=['tip_adapter_mm', 'scripted_metric'])
+val_evaluator = dict(_delete_=True, type='ScriptedValAccuracy')
+"""
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tiny_clip, image_folders, plugins, tmp_path_factory):
+    root = tmp_path_factory.mktemp('tip_f')
+    config = f_config(root / 'tip_f.py', tiny_clip, image_folders, SCRIPTED)
+    work_dir = root / 'work'
+    output = run_tool(python_tool('train.py', str(config), '--work-dir',
+                                  str(work_dir)), python_path=str(plugins))
+    return config, work_dir, output
+
+
+def final_top1(output):
+    return float(re.findall(r'Epoch\(test\).*accuracy/top1: ([0-9.]+)',
+                            output)[-1])
+
+
+def state(path):
+    return torch.load(path, weights_only=False)['state_dict']
+
+
+def test_only_the_keys_train_and_encoder_is_untouched(tiny_clip,
+                                                      image_folders,
+                                                      tmp_path):
+    cfg = Config.fromfile(str(f_config(tmp_path / 'f.py', tiny_clip,
+                                       image_folders)))
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = RUNNERS.build(cfg)
+    model = runner.model
+    encoder_before = {
+        k: v.detach().clone()
+        for k, v in model.backbone.visual.state_dict().items()
+    }
+    keys_before = model.head.cache_keys.detach().clone()
+    values_before = model.head.cache_values.clone()
+    weights_before = model.head.zero_shot_weights.clone()
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == [
+        'head.cache_keys'
+    ]
+    runner.train()
+
+    optimizer = runner.optim_wrapper.optimizer
+    params = [p for group in optimizer.param_groups for p in group['params']]
+    assert len(params) == 1 and params[0] is model.head.cache_keys
+    for name, value in model.backbone.visual.state_dict().items():
+        assert torch.equal(value, encoder_before[name]), name
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert not torch.equal(model.head.cache_keys.detach(), keys_before)
+    assert torch.equal(model.head.cache_values, values_before)
+    assert torch.equal(model.head.zero_shot_weights, weights_before)
+
+
+def test_one_step_lowers_the_loss_and_logits_follow_spec(tiny_clip):
+    model = MODELS.build(dict(
+        type='CLIPFewShotClassifier',
+        backbone=dict(type='OpenCLIPVisualBackbone', **tiny_clip),
+        head=dict(type='TipAdapterHead', num_classes=3, alpha=1.17,
+                  beta=1.0, train_cache_keys=True)))
+    g = torch.Generator().manual_seed(0)
+    model.head.set_zero_shot_weights(
+        F.normalize(torch.randn(32, 3, generator=g), dim=0))
+    model.head.set_cache(F.normalize(torch.randn(6, 32, generator=g), dim=-1),
+                         torch.eye(3).repeat(2, 1))
+    feats = torch.randn(8, 32, generator=g)  # raw, as in cached views
+    labels = torch.arange(8) % 3
+    data = dict(inputs=list(feats),
+                data_samples=[DataSample().set_gt_label(int(y))
+                              for y in labels])
+    optim_wrapper = build_optim_wrapper(model, dict(
+        constructor='TrainableParamsOptimWrapperConstructor',
+        optimizer=dict(type='AdamW', lr=1e-2, eps=1e-4, weight_decay=0.01)))
+    model.train()
+    loss_before = model.train_step(data, optim_wrapper)['loss'].item()
+    with torch.no_grad():
+        loss_after = model.loss(feats, data['data_samples'])['loss'].item()
+    assert loss_after < loss_before
+
+    f = F.normalize(feats, dim=-1).double().numpy()
+    W = model.head.zero_shot_weights.double().numpy()
+    K = model.head.cache_keys.detach().double().numpy()
+    L = model.head.cache_values.double().numpy()
+    expected = 100 * f @ W + 1.17 * np.exp(-1.0 * (1 - f @ K.T)) @ L
+    with torch.no_grad():
+        logits = model.head((F.normalize(feats, dim=-1), ))
+    np.testing.assert_allclose(logits.double().numpy(), expected, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_best_epoch_is_chosen_on_validation(uninterrupted, image_folders):
+    config, work_dir, output = uninterrupted
+    best = sorted(work_dir.glob('best_accuracy_top1_epoch_*.pth'))
+    assert [p.name for p in best] == ['best_accuracy_top1_epoch_2.pth']
+    assert 'Loading the best epoch on validation' in output
+    final = state(work_dir / 'final_searched.pth')
+    kept = state(best[0])
+    assert torch.equal(final['head.cache_keys'], kept['head.cache_keys'])
+    last = state(work_dir / f'epoch_{EPOCHS}.pth')
+    assert not torch.equal(final['head.cache_keys'], last['head.cache_keys'])
+    assert bool(final['head.is_searched'])
+    # The reported test top-1 is the searched best-on-val model's.
+    assert 0 <= final_top1(output) <= 100
+
+
+def test_test_py_reproduces_final_metric(uninterrupted, plugins, tmp_path):
+    config, work_dir, output = uninterrupted
+    again = run_tool(python_tool('test.py', str(config),
+                                 str(work_dir / 'final_searched.pth'),
+                                 '--work-dir', str(tmp_path)),
+                     python_path=str(plugins))
+    assert final_top1(again) == final_top1(output)
+    assert 'Hyperparameter search' not in again
+
+
+def test_kill_and_resume_equals_uninterrupted(uninterrupted, tiny_clip,
+                                              image_folders, plugins,
+                                              tmp_path):
+    _, full_dir, full_output = uninterrupted
+    killed = f_config(
+        tmp_path / 'killed.py', tiny_clip, image_folders, SCRIPTED + """
+custom_imports = dict(imports=['tip_adapter_mm', 'scripted_metric',
+                               'kill_hook'])
+custom_hooks = [
+    dict(type='BuildCacheHook', augment_epoch=3),
+    dict(type='HyperparameterSearchHook'),
+    dict(type='ValidateAfterResumeHook'),
+    dict(type='KillAfterEpochHook'),
+]
+""")
+    work_dir = tmp_path / 'work'
+    run_tool(python_tool('train.py', str(killed), '--work-dir',
+                         str(work_dir)), python_path=str(plugins),
+             expect_rc=3)
+    assert (work_dir / 'epoch_2.pth').exists()
+    assert not (work_dir / 'epoch_3.pth').exists()
+    resumed_cfg = f_config(tmp_path / 'resumed.py', tiny_clip,
+                           image_folders, SCRIPTED)
+    output = run_tool(python_tool('train.py', str(resumed_cfg),
+                                  '--work-dir', str(work_dir), '--resume'),
+                      python_path=str(plugins))
+    assert 'validating it before training goes on' in output
+    assert [p.name for p in work_dir.glob('best_*.pth')] == [
+        'best_accuracy_top1_epoch_2.pth'
+    ]
+    for name in (f'epoch_{EPOCHS}.pth', 'final_searched.pth'):
+        resumed, full = state(work_dir / name), state(full_dir / name)
+        torch.testing.assert_close(resumed['head.cache_keys'],
+                                   full['head.cache_keys'], rtol=1e-6,
+                                   atol=1e-7)
+    assert final_top1(output) == final_top1(full_output)
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
+def test_dist_train_two_processes_matches_one(uninterrupted, plugins,
+                                              tmp_path, monkeypatch):
+    config, full_dir, full_output = uninterrupted
+    monkeypatch.setenv('PORT', free_port())
+    work_dir = tmp_path / 'dist'
+    output = run_tool(['bash', 'tools/dist_train.sh', str(config), '2',
+                       '--work-dir', str(work_dir)],
+                      python_path=str(plugins))
+    assert 'global_batch_size 4: 2 per process x 2' in output
+    for name in (f'epoch_{EPOCHS}.pth', 'final_searched.pth'):
+        two, one = state(work_dir / name), state(full_dir / name)
+        torch.testing.assert_close(two['head.cache_keys'],
+                                   one['head.cache_keys'], rtol=1e-5,
+                                   atol=1e-5)
+    assert state(work_dir / 'final_searched.pth')['head.alpha'] == state(
+        full_dir / 'final_searched.pth')['head.alpha']
+    assert final_top1(output) == final_top1(full_output)
+
+
+def test_reencode_train_set_must_match_fewshot_set(tiny_clip, image_folders,
+                                                   tmp_path):
+    extra = textwrap.dedent("""
+    train_dataloader = dict(
+        sampler=dict(type='DefaultSampler', shuffle=True),
+        dataset=dict(_delete_=True, type='FewShotDataset', num_shots=2,
+                     seed=1, dataset=dict(type='CustomDataset',
+                                          data_root=data_root,
+                                          data_prefix='train')))
+    """)
+    cfg = Config.fromfile(str(f_config(tmp_path / 'f.py', tiny_clip,
+                                       image_folders, extra)))
+    cfg.work_dir = str(tmp_path / 'work')
+    with pytest.raises(ValueError, match=r"differ in \['num_shots'\]: "
+                       r'num_shots=2 vs 4'):
+        RUNNERS.build(cfg)
