@@ -2,6 +2,7 @@
 import json
 import os
 import os.path as osp
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,10 @@ def run_tool(args: List[str], timeout: int = 300, python_path: str = '',
 
 def python_tool(script: str, *args: str) -> List[str]:
     return [sys.executable, osp.join('tools', script), *args]
+
+
+def free_port() -> str:
+    """A free TCP port on localhost, for torchrun's rendezvous."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])

@@ -1,14 +1,13 @@
 """Tip-Adapter-F: only the keys train, the SPEC logits hold with trained
 keys, best epoch on validation, kill-and-resume, 2 processes vs 1."""
 import re
-import socket
 import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import python_tool, run_tool, tiny_config
+from conftest import free_port, python_tool, run_tool, tiny_config
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
@@ -232,11 +231,6 @@ custom_hooks = [
                                    atol=1e-7)
     assert final_top1(output) == final_top1(full_output)
 
-
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
 
 
 def test_dist_train_two_processes_matches_one(uninterrupted, plugins,

@@ -1,11 +1,10 @@
 """tools/test.py and tools/dist_test.sh end to end on a tiny random CLIP."""
 import json
 import re
-import socket
 
 import pytest
 import torch
-from conftest import python_tool, run_tool, tiny_config
+from conftest import free_port, python_tool, run_tool, tiny_config
 
 
 def top1(output: str) -> float:
@@ -61,11 +60,6 @@ def test_second_run_reuses_saved_features(single_run):
     assert 'Encoding' not in again
     assert top1(again) == top1(output)
 
-
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
 
 
 def test_dist_test_two_processes_matches_one(single_run, tmp_path,
