@@ -10,13 +10,16 @@ _base_ = [
 ]
 
 model = dict(
-    templates='imagenet',
+    templates={{_base_.templates}},  # the 7 ImageNet templates
     head=dict(
-        num_classes=1000,
+        num_classes={{_base_.num_classes}},
         train_cache_keys=True,  # Tip-Adapter-F
-        alpha=1.17,  # initial alpha (the loss uses it)
-        beta=1.0,  # initial beta
-        search_scale=(7, 3),  # (beta, alpha)
+        alpha={{_base_.init_alpha}},  # 1.17; the loss uses it
+        beta=1.0,
+        search_scale={{_base_.search_scale}},  # (beta, alpha): (7, 3)
         search_step=(200, 20)))
 
 fewshot_dataloader = dict(dataset=dict(num_shots=16, seed=1))
+train_cfg = dict(max_epochs={{_base_.f_epochs}})
+param_scheduler = dict(
+    T_max={{_base_.f_epochs}}, end={{_base_.f_epochs}})

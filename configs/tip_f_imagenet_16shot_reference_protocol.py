@@ -3,7 +3,13 @@
 # to compare with published numbers. A warning is logged.
 _base_ = ['./tip_f_imagenet_16shot.py']
 
-val_dataloader = {{_base_.test_dataloader}}
+val_dataloader = dict(
+    dataset=dict(
+        _delete_=True,  # validate on the test split itself
+        type={{_base_.dataset_type}},
+        data_root={{_base_.data_root}},
+        split='val',
+        pipeline={{_base_.test_pipeline}}))
 custom_hooks = [
     dict(type='BuildCacheHook', augment_epoch=10),
     dict(type='HyperparameterSearchHook', split='test'),

@@ -9,12 +9,12 @@ _base_ = [
 ]
 
 model = dict(
-    templates='imagenet',  # the 7 ImageNet templates
+    templates={{_base_.templates}},  # the 7 ImageNet templates
     head=dict(
-        num_classes=1000,
-        alpha=1.17,  # initial alpha
-        beta=1.0,  # initial beta
-        search_scale=(7, 3),  # (beta, alpha)
+        num_classes={{_base_.num_classes}},
+        alpha={{_base_.init_alpha}},  # 1.17 before the search
+        beta=1.0,
+        search_scale={{_base_.search_scale}},  # (beta, alpha): (7, 3)
         search_step=(200, 20)))
 
 # Shots and seed: --cfg-options fewshot_dataloader.dataset.num_shots=8

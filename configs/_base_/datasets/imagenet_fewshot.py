@@ -7,6 +7,12 @@ dataset_type = 'CLIPImageNet'  # MMPretrain's ImageNet, CLIP's class names
 data_root = 'data/imagenet'
 holdout = dict(num_per_class=10, seed=0)
 
+num_classes = 1000
+templates = 'imagenet'  # the 7 templates, tip_adapter_mm/datasets/templates.py
+search_scale = (7, 3)  # (beta, alpha)
+init_alpha = 1.17
+f_epochs = 20  # Tip-Adapter-F epochs
+
 fewshot_dataloader = dict(
     batch_size=256,
     num_workers=8,

@@ -1,0 +1,16 @@
+# Tip-Adapter (training-free), CLIP RN50, SUN397, 16 shots, seed 1.
+_base_ = [
+    './_base_/models/tip_adapter_rn50.py',
+    './_base_/datasets/sun397_fewshot.py',
+    './_base_/schedules/tip_adapter.py',
+    './_base_/default_runtime.py',
+]
+
+model = dict(
+    templates={{_base_.templates}},
+    head=dict(
+        num_classes={{_base_.num_classes}},
+        alpha={{_base_.init_alpha}},
+        beta=1.0,
+        search_scale={{_base_.search_scale}},
+        search_step=(200, 20)))
