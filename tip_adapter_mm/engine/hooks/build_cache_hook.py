@@ -4,7 +4,6 @@ import os.path as osp
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
@@ -33,9 +32,10 @@ def encoder_description(runner) -> dict:
 class BuildCacheHook(Hook):
     """Build the head's zero-shot weights and cache before train/val/test.
 
-    Keys are the few-shot images encoded ``augment_epoch`` times under the
-    train pipeline: the raw features of the passes are averaged, then
-    L2-normalised (SPEC section 1); values are one-hot labels. All passes
+    The few-shot images are encoded ``augment_epoch`` times under the train
+    pipeline and the head builds its cache from these views
+    (:meth:`BaseCacheHead.build_cache`; Tip-Adapter: raw features averaged
+    per image, then L2-normalised, one-hot values). All passes
     are encoded in one loader pass over :class:`AugmentedViewsDataset`,
     whose per-sample seeds make the views, hence the cache, identical on
     any number of ranks. The encoded views are saved under ``cache_dir`` and
@@ -119,14 +119,12 @@ class BuildCacheHook(Hook):
         if not torch.equal(labels, labels[:1].expand_as(labels)):
             raise RuntimeError('Augmented views disagree on labels.')
         feats = views['feats'].view(self.augment_epoch, len(fewshot), -1)
-        cache_keys = F.normalize(feats.mean(dim=0), dim=-1)
-        cache_values = F.one_hot(labels[0], head.num_classes).float()
         device = head.cache_values.device
-        head.set_cache(cache_keys.to(device), cache_values.to(device))
+        head.build_cache(feats.to(device), labels[0].to(device))
         runner.logger.info(
-            f'Cache model: {cache_keys.shape[0]} keys of dim '
-            f'{cache_keys.shape[1]}, {head.num_classes} classes, '
-            f'{self.augment_epoch} augmented views averaged.')
+            f'Cache model: {len(fewshot)} keys of dim {feats.shape[-1]}, '
+            f'{head.num_classes} classes, {self.augment_epoch} augmented '
+            'views averaged.')
 
     def encode_views(self, runner, model, loader_cfg: dict, fewshot,
                      seed: int) -> dict:

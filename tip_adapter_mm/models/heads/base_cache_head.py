@@ -4,6 +4,7 @@ from typing import Dict, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mmpretrain.models.heads import ClsHead
 
@@ -75,6 +76,24 @@ class BaseCacheHead(ClsHead):
         else:
             self.cache_keys = keys
         self.cache_values = cache_values.detach().float().to(device)
+
+    def build_cache(self, view_feats: torch.Tensor,
+                    labels: torch.Tensor) -> None:
+        """Build the cache from the encoded augmented views.
+
+        Tip-Adapter's cache (SPEC section 1): keys are the raw features of
+        the ``V`` views averaged per image, then L2-normalised; values are
+        one-hot labels. Sibling heads override this to fit other statistics
+        of the same views (GDA, APE).
+
+        Args:
+            view_feats: Raw (unnormalised) features ``(V, S, C)`` of ``V``
+                augmented views of ``S`` few-shot images.
+            labels: ``(S,)`` labels of the images.
+        """
+        cache_keys = F.normalize(view_feats.float().mean(dim=0), dim=-1)
+        cache_values = F.one_hot(labels.long(), self.num_classes).float()
+        self.set_cache(cache_keys, cache_values)
 
     def _require_cache(self) -> None:
         if not self.has_cache:
