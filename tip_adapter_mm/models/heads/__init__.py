@@ -1,4 +1,5 @@
 from .base_cache_head import BaseCacheHead
 from .tip_adapter_head import TipAdapterHead
+from .zero_shot_head import ZeroShotCacheHead
 
-__all__ = ['BaseCacheHead', 'TipAdapterHead']
+__all__ = ['BaseCacheHead', 'ZeroShotCacheHead', 'TipAdapterHead']

@@ -5,7 +5,7 @@ from typing import Sequence, Tuple, Union
 import torch
 
 from mmpretrain.registry import MODELS
-from .base_cache_head import BaseCacheHead
+from .zero_shot_head import ZeroShotCacheHead
 
 
 def linear_grid(scale: float, steps: int) -> torch.Tensor:
@@ -16,7 +16,7 @@ def linear_grid(scale: float, steps: int) -> torch.Tensor:
 
 
 @MODELS.register_module()
-class TipAdapterHead(BaseCacheHead):
+class TipAdapterHead(ZeroShotCacheHead):
     """Tip-Adapter logits (SPEC section 1) for features ``f`` ``(B, C)``::
 
         clip_logits  = clip_logit_scale * f @ zero_shot_weights
@@ -42,8 +42,6 @@ class TipAdapterHead(BaseCacheHead):
     Buffers: ``zero_shot_weights`` ``(C, N)`` besides the cache.
     """
 
-    dynamic_buffers = ('cache_keys', 'cache_values', 'zero_shot_weights')
-
     def __init__(self,
                  num_classes: int,
                  alpha: float = 1.0,
@@ -57,41 +55,15 @@ class TipAdapterHead(BaseCacheHead):
                  init_cfg: Union[dict, None] = None) -> None:
         super().__init__(
             num_classes,
+            clip_logit_scale=clip_logit_scale,
             train_cache_keys=train_cache_keys,
             loss=loss,
             topk=topk,
             init_cfg=init_cfg)
         self.register_hyperparameter('alpha', alpha)
         self.register_hyperparameter('beta', beta)
-        self.register_hyperparameter('clip_logit_scale', clip_logit_scale)
         self.search_scale = tuple(float(s) for s in search_scale)
         self.search_step = tuple(int(s) for s in search_step)
-        self.register_buffer('zero_shot_weights',
-                             torch.zeros(0, self.num_classes))
-
-    # -- zero-shot part ------------------------------------------------------
-    @property
-    def has_zero_shot_weights(self) -> bool:
-        return self.zero_shot_weights.numel() > 0
-
-    def set_zero_shot_weights(self, zero_shot_weights: torch.Tensor) -> None:
-        """Store text weights ``(C, N)``."""
-        if (zero_shot_weights.dim() != 2
-                or zero_shot_weights.shape[1] != self.num_classes):
-            raise ValueError(
-                f'Expected zero_shot_weights (C, {self.num_classes}), got '
-                f'{tuple(zero_shot_weights.shape)}: the head has '
-                f'num_classes={self.num_classes}.')
-        self.zero_shot_weights = zero_shot_weights.detach().float().to(
-            self.cache_values.device).contiguous()
-
-    def clip_logits(self, feats: torch.Tensor) -> torch.Tensor:
-        """``(B, C) -> (B, N)`` zero-shot logits."""
-        if not self.has_zero_shot_weights:
-            raise RuntimeError(
-                'TipAdapterHead has no zero_shot_weights yet: they are built '
-                'by BuildCacheHook, or loaded from a checkpoint.')
-        return self.clip_logit_scale * feats @ self.zero_shot_weights
 
     # -- cache part ----------------------------------------------------------
     def affinity(self, feats: torch.Tensor) -> torch.Tensor:
