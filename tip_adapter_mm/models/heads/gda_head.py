@@ -1,0 +1,126 @@
+"""GDA: Gaussian discriminant analysis on the few-shot views, plus CLIP."""
+from collections import OrderedDict
+from typing import Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from mmpretrain.registry import MODELS
+from .zero_shot_head import ZeroShotCacheHead
+
+
+@MODELS.register_module()
+class GDAHead(ZeroShotCacheHead):
+    """Training-free GDA head ("A Hard-to-Beat Baseline for Training-free
+    CLIP-based Adaptation", ICLR 2024) for normalised features ``f``
+    ``(B, C)``::
+
+        logits = clip_logit_scale * f @ zero_shot_weights
+                 + alpha * (f @ gda_weights + gda_bias)
+
+    Fitted in closed form on the L2-normalised features of all augmented
+    views of the few-shot images (``M`` vectors, ``N`` classes, ``C``
+    channels): class means ``mu`` ``(N, C)``, pooled covariance ``S`` of the
+    class-centred vectors, ``precision = C * pinv((M - 1) S + trace(S) I)``,
+    ``gda_weights = precision @ mu.T`` ``(C, N)`` and
+    ``gda_bias_c = log p_c - mu_c^T precision mu_c / 2`` with ``p_c`` the
+    class frequencies. ``alpha`` is searched on validation over
+    ``alpha_grid``.
+
+    Args:
+        num_classes (int): N.
+        alpha (float): Weight of the GDA logits before the search.
+        alpha_grid (sequence of float): Values searched for ``alpha``.
+        clip_logit_scale (float): As :class:`ZeroShotCacheHead`.
+    """
+
+    dynamic_buffers = ('cache_keys', 'cache_values', 'zero_shot_weights',
+                       'gda_weights', 'gda_bias')
+
+    def __init__(self,
+                 num_classes: int,
+                 alpha: float = 1.0,
+                 alpha_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 0.1, 1.0,
+                                                10.0, 100.0),
+                 clip_logit_scale: float = 100.0,
+                 loss: dict = dict(type='CrossEntropyLoss', loss_weight=1.0),
+                 topk: Union[int, Tuple[int]] = (1, ),
+                 init_cfg: Union[dict, None] = None) -> None:
+        super().__init__(
+            num_classes,
+            clip_logit_scale=clip_logit_scale,
+            loss=loss,
+            topk=topk,
+            init_cfg=init_cfg)
+        self.register_hyperparameter('alpha', alpha)
+        self.alpha_grid = tuple(float(a) for a in alpha_grid)
+        self.register_buffer('gda_weights', torch.zeros(0, self.num_classes))
+        self.register_buffer('gda_bias', torch.zeros(0))
+
+    @property
+    def has_cache(self) -> bool:
+        return self.gda_weights.numel() > 0
+
+    @torch.no_grad()
+    def build_cache(self, view_feats: torch.Tensor,
+                    labels: torch.Tensor) -> None:
+        """Fit class means and the shared precision on the views.
+
+        Args:
+            view_feats: Raw features ``(V, S, C)`` of ``V`` views of ``S``
+                images.
+            labels: ``(S,)``.
+        """
+        num_views, _, channels = view_feats.shape
+        vecs = F.normalize(view_feats.double().reshape(-1, channels), dim=-1)
+        targets = labels.long().repeat(num_views)
+        counts = torch.bincount(targets, minlength=self.num_classes)
+        if (counts == 0).any():
+            missing = torch.nonzero(counts == 0).flatten().tolist()
+            raise ValueError(f'GDAHead: classes {missing[:10]} have no '
+                             'few-shot image; every class needs one.')
+        one_hot = F.one_hot(targets, self.num_classes).double()  # (M, N)
+        means = (one_hot.t() @ vecs) / counts[:, None]  # (N, C)
+        centred = vecs - means[targets]
+        cov = torch.cov(centred.t())  # (C, C), divides by M - 1
+        precision = channels * torch.linalg.pinv(
+            (len(vecs) - 1) * cov +
+            torch.trace(cov) * torch.eye(channels, dtype=cov.dtype,
+                                         device=cov.device))
+        weights = precision @ means.t()  # (C, N)
+        priors = counts.double() / counts.sum()
+        bias = priors.log() - 0.5 * (means * weights.t()).sum(dim=1)
+        device = self.cache_values.device
+        self.gda_weights = weights.float().to(device)
+        self.gda_bias = bias.float().to(device)
+
+    def gda_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, C) -> (B, N)`` linear discriminant scores."""
+        if not self.has_cache:
+            raise RuntimeError(
+                'GDAHead is not fitted yet: add BuildCacheHook to '
+                'custom_hooks, or load a checkpoint that holds it.')
+        return feats @ self.gda_weights + self.gda_bias
+
+    def forward(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
+        f = self.pre_logits(feats)
+        return self.clip_logits(f) + self.alpha * self.gda_logits(f)
+
+    def search_grid(self) -> 'OrderedDict[str, torch.Tensor]':
+        return OrderedDict(
+            alpha=torch.tensor(self.alpha_grid, dtype=torch.float64))
+
+    @torch.no_grad()
+    def count_correct(self, feats: torch.Tensor, labels: torch.Tensor,
+                      max_elements: int = 2**26) -> torch.Tensor:
+        alphas = self.search_grid()['alpha'].to(feats.device, torch.float32)
+        clip_logits = self.clip_logits(feats)  # (M, N)
+        gda_logits = self.gda_logits(feats)  # (M, N)
+        chunk = max(1, min(len(alphas), max_elements // clip_logits.numel()))
+        correct = torch.empty(len(alphas), dtype=torch.int64)
+        for start in range(0, len(alphas), chunk):
+            alpha = alphas[start:start + chunk, None, None]
+            logits = clip_logits + alpha * gda_logits  # (a, M, N)
+            hits = logits.argmax(dim=-1) == labels
+            correct[start:start + chunk] = hits.sum(dim=-1).cpu()
+        return correct
