@@ -165,6 +165,14 @@ def test_names_come_from_the_config_file_name():
         'imagenet', 'Tip-Adapter-F (reencode)')
     assert sweep.names_from_stem('my_dataset', False) == ('my_dataset',
                                                           'Tip-Adapter')
+    assert sweep.names_from_stem('gda_imagenet_16shot', False,
+                                 'GDAHead') == ('imagenet', 'GDA')
+    assert sweep.names_from_stem('ape_dtd_16shot', False,
+                                 'APEHead') == ('dtd', 'APE')
+    assert sweep.paper_figure('imagenet', 'GDA', 16, 'RN50') == 63.82
+    assert sweep.paper_figure('imagenet', 'APE', 16, 'RN50') == 63.42
+    gda = sweep.load_experiment(str(CONFIGS / 'gda_imagenet_16shot.py'), {})
+    assert (gda.dataset, gda.method) == ('imagenet', 'GDA')
 
 
 def test_commands_per_kind_of_config(tmp_path):

@@ -41,6 +41,8 @@ TOOLS = osp.dirname(osp.abspath(__file__))
 
 TIP = 'Tip-Adapter'
 TIP_F = 'Tip-Adapter-F'
+#: Method names of the other heads (the table gains a row per method).
+HEAD_METHODS = {'GDAHead': 'GDA', 'APEHead': 'APE'}
 ZERO_SHOT = 'Zero-shot CLIP'
 
 #: Backbone of the published figures below.
@@ -53,6 +55,9 @@ PAPER: Dict[Tuple[str, str, int], float] = {
         (1, 2, 4, 8, 16), (60.70, 60.96, 60.98, 61.45, 62.03))},
     **{('imagenet', TIP_F, k): v for k, v in zip(
         (1, 2, 4, 8, 16), (61.32, 61.69, 62.52, 64.00, 65.51))},
+    # Successors on the same cached features (SPEC section 4).
+    ('imagenet', 'APE', 16): 63.42,
+    ('imagenet', 'GDA', 16): 63.82,
 }
 
 #: Hook types the sweep points at a shared feature cache, by position.
@@ -146,16 +151,19 @@ def parse_cfg_options(options: Sequence[str]) -> Dict[str, Any]:
     return getattr(namespace, 'options', None) or {}
 
 
-def names_from_stem(stem: str, trains: bool) -> Tuple[str, str]:
+def names_from_stem(stem: str, trains: bool,
+                    head_type: str = 'TipAdapterHead') -> Tuple[str, str]:
     """``(dataset, method)`` of a config file stem.
 
-    ``tip_[f_]<dataset>_<K>shot[_<variant>]``: the dataset is the part
-    between the method prefix and ``_<K>shot``; a variant after it is added
-    to the method in brackets. The method is Tip-Adapter-F when the config
-    trains (has ``train_cfg``), Tip-Adapter otherwise.
+    ``<method>_<dataset>_<K>shot[_<variant>]`` (method prefix ``tip``,
+    ``tip_f``, ``gda`` or ``ape``): the dataset is the part between the
+    prefix and ``_<K>shot``; a variant after it is added to the method in
+    brackets. The method comes from the head: GDA, APE, or for
+    ``TipAdapterHead`` Tip-Adapter-F when the config trains (has
+    ``train_cfg``), Tip-Adapter otherwise.
     """
-    method = TIP_F if trains else TIP
-    name = re.sub(r'^tip_f_' if trains else r'^tip_', '', stem)
+    method = HEAD_METHODS.get(head_type, TIP_F if trains else TIP)
+    name = re.sub(r'^(tip_f|tip|gda|ape)_', '', stem)
     match = re.match(r'^(.*?)_\d+shots?(?:_(.+))?$', name)
     if match:
         name, variant = match.group(1), match.group(2)
@@ -196,7 +204,9 @@ def load_experiment(path: str, cfg_options: Dict[str, Any]) -> Experiment:
     trains = cfg.get('train_cfg') is not None
     train_set = (cfg.get('train_dataloader') or {}).get('dataset') or {}
     stem = osp.splitext(osp.basename(path))[0]
-    dataset, method = names_from_stem(stem, trains)
+    head = (cfg.get('model') or {}).get('head') or {}
+    dataset, method = names_from_stem(stem, trains,
+                                      str(head.get('type', 'TipAdapterHead')))
     return Experiment(
         config=path, stem=stem, dataset=dataset, method=method,
         trains=trains,
