@@ -82,3 +82,16 @@ def test_dist_test_two_processes_matches_one(single_run, tmp_path,
     assert search_report(work_dir)['best'] == search_report(
         single_dir)['best']
     assert top1(output) == top1(single_output)
+
+
+@pytest.mark.parametrize('head', [
+    "dict(_delete_=True, type='GDAHead', num_classes=3, topk=(1, ))",
+])
+def test_sibling_heads_run_through_test_py(head, tiny_clip, image_folders,
+                                           tmp_path):
+    config = tiny_config(tmp_path / 'sibling.py', tiny_clip, image_folders,
+                         extra=f"model['head'] = {head}")
+    output = run_tool(python_tool('test.py', str(config), '--work-dir',
+                                  str(tmp_path / 'work')))
+    assert 'Hyperparameter search on val' in output
+    assert 0.0 <= top1(output) <= 100.0
