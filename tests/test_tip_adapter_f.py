@@ -268,3 +268,20 @@ def test_reencode_train_set_must_match_fewshot_set(tiny_clip, image_folders,
     with pytest.raises(ValueError, match=r"differ in \['num_shots'\]: "
                        r'num_shots=2 vs 4'):
         RUNNERS.build(cfg)
+
+
+def test_training_checks_val_and_test_classes(tiny_clip, image_folders,
+                                              tmp_path):
+    import shutil
+    data = tmp_path / 'data'
+    shutil.copytree(image_folders, data)
+    for split in ('val', 'test'):
+        (data / split / 'blue_sky').rename(data / split / 'navy_sky')
+    cfg = Config.fromfile(str(f_config(tmp_path / 'f.py', tiny_clip, data)))
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = RUNNERS.build(cfg)
+    # Folders sort as green_leaf, navy_sky, red_apple in val/ and test/.
+    with pytest.raises(ValueError, match=r"Class names of the val set.*"
+                       r"class 0: 'blue_sky' \(the few-shot train set\) vs "
+                       r"'green_leaf' \(the val set\)"):
+        runner.train()

@@ -72,17 +72,23 @@ class BuildCacheHook(Hook):
 
     def before_val(self, runner) -> None:
         self.build(runner)
-        self._check_classes(runner.val_dataloader.dataset, 'the val set')
+        self._check_classes(runner, runner.val_dataloader.dataset,
+                            'the val set')
 
     def before_test(self, runner) -> None:
         self.build(runner)
-        self._check_classes(runner.test_dataloader.dataset, 'the test set')
+        self._check_classes(runner, runner.test_dataloader.dataset,
+                            'the test set')
 
-    def _check_classes(self, dataset, where: str) -> None:
+    def _check_classes(self, runner, dataset, where: str) -> None:
+        # The classes of the few-shot set this cache was built from, by this
+        # hook or by FewShotRunner before the model was wrapped.
+        built = self.class_names or getattr(
+            unwrap(runner.model), 'fewshot_classes', None)
         classes = dataset.metainfo.get('classes')
-        if self.class_names is not None and classes is not None:
-            check_class_names(self.class_names, classes,
-                              'the few-shot train set', where)
+        if built and classes is not None:
+            check_class_names(built, classes, 'the few-shot train set',
+                              where)
 
     def _loader_cfg(self, runner) -> dict:
         cfg = self.dataloader or runner.cfg.get('fewshot_dataloader')
@@ -106,6 +112,7 @@ class BuildCacheHook(Hook):
         loader_cfg = self._loader_cfg(runner)
         fewshot = DATASETS.build(loader_cfg['dataset'])
         self.class_names = tuple(fewshot.metainfo.get('classes') or ())
+        model.fewshot_classes = self.class_names
         if getattr(model, 'needs_zero_shot_weights', False):
             runner.logger.info('Building zero-shot weights for '
                                f'{len(self.class_names)} classes.')
