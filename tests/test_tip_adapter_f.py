@@ -281,7 +281,7 @@ def test_training_checks_val_and_test_classes(tiny_clip, image_folders,
     cfg.work_dir = str(tmp_path / 'work')
     runner = RUNNERS.build(cfg)
     # Folders sort as green_leaf, navy_sky, red_apple in val/ and test/.
-    with pytest.raises(ValueError, match=r"Class names of the val set.*"
+    with pytest.raises(ValueError, match=r"(?s)Class names of the val set.*"
                        r"class 0: 'blue_sky' \(the few-shot train set\) vs "
                        r"'green_leaf' \(the val set\)"):
         runner.train()
