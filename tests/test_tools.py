@@ -85,9 +85,13 @@ def test_dist_test_two_processes_matches_one(single_run, tmp_path,
 
 
 @pytest.mark.parametrize('head', [
+    "dict(type='TipAdapterHead', num_classes=3, search_step=(20, 10), "
+    "topk=(1, ))",
     "dict(_delete_=True, type='GDAHead', num_classes=3, topk=(1, ))",
+    "dict(_delete_=True, type='APEHead', num_classes=3, feat_num=16, "
+    "search_step=(10, 5, 3), topk=(1, ))",
 ])
-def test_sibling_heads_run_through_test_py(head, tiny_clip, image_folders,
+def test_heads_run_save_and_reload_through_test_py(head, tiny_clip, image_folders,
                                            tmp_path):
     config = tiny_config(tmp_path / 'sibling.py', tiny_clip, image_folders,
                          extra=f"model['head'] = {head}")
@@ -95,3 +99,15 @@ def test_sibling_heads_run_through_test_py(head, tiny_clip, image_folders,
                                   str(tmp_path / 'work')))
     assert 'Hyperparameter search on val' in output
     assert 0.0 <= top1(output) <= 100.0
+    saved = tmp_path / 'adapted.pth'
+    again = run_tool(python_tool('test.py', str(config), '--work-dir',
+                                 str(tmp_path / 'work'), '--save-model',
+                                 str(saved)))
+    assert saved.is_file() and top1(again) == top1(output)
+    reloaded = run_tool(python_tool('test.py', str(config), str(saved),
+                                    '--work-dir', str(tmp_path / 'reload')))
+    assert 'Hyperparameter search' not in reloaded
+    assert top1(reloaded) == top1(output)
+    refused = run_tool(python_tool('test.py', str(config), '--save-model',
+                                   str(saved)), expect_rc=1)
+    assert 'exists; it is not overwritten' in refused

@@ -4,10 +4,14 @@
         [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
 """
 import argparse
+import os
 
 from mmengine.evaluator import DumpResults
 
-from tip_adapter_mm.utils.cli import add_common_args, build_runner, load_config
+from mmengine.dist import get_rank
+
+from tip_adapter_mm.utils.cli import (add_common_args, build_runner,
+                                      load_config, save_adapted_model)
 
 
 def parse_args() -> argparse.Namespace:
@@ -22,6 +26,13 @@ def parse_args() -> argparse.Namespace:
         'whose cache is built from the few-shot set')
     parser.add_argument(
         '--out', help='the file to dump predictions to (.pkl)')
+    parser.add_argument(
+        '--save-model',
+        metavar='PATH',
+        help='after testing, save the adapted model (cache, zero-shot '
+        'weights, searched hyperparameters) as a checkpoint for tools/'
+        'test.py, tools/infer.py and the export; an existing file is not '
+        'overwritten')
     add_common_args(parser)
     return parser.parse_args()
 
@@ -30,6 +41,9 @@ def main() -> None:
     args = parse_args()
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise ValueError(f'--out must end with .pkl, got {args.out!r}')
+    if args.save_model is not None and os.path.exists(args.save_model):
+        raise FileExistsError(f'--save-model {args.save_model} exists; it is '
+                              'not overwritten.')
     cfg = load_config(args)
     if args.checkpoint is not None:
         cfg.load_from = args.checkpoint
@@ -42,6 +56,9 @@ def main() -> None:
         runner.test_evaluator.metrics.append(
             DumpResults(out_file_path=args.out))
     runner.test()
+    if args.save_model is not None and get_rank() == 0:
+        save_adapted_model(runner, args.save_model)
+        runner.logger.info(f'Saved the adapted model to {args.save_model}')
 
 
 if __name__ == '__main__':

@@ -38,9 +38,8 @@ def check_adapted_model(model: torch.nn.Module,
     name = type(head).__name__
     hint = ('Predictions need an adapted model: `tools/train.py CONFIG` '
             '(Tip-Adapter-F) saves work_dirs/<config>/final_searched.pth; '
-            'for training-free Tip-Adapter save `dict(meta=dict('
-            'dataset_meta=...), state_dict=runner.model.state_dict())` '
-            'after `runner.test()` built the cache.')
+            'for training-free Tip-Adapter run `tools/test.py CONFIG '
+            '--save-model PATH`.')
     if head is None or not hasattr(head, 'has_cache'):
         raise RuntimeError(f'{type(model).__name__} has no cache-model head '
                            f'(got {name}); TipAdapterInferencer is for '

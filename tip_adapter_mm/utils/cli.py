@@ -127,3 +127,34 @@ def build_runner(cfg: Config) -> Runner:
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def save_adapted_model(runner: Runner, path: str) -> None:
+    """Save what the adapted model needs (cache, zero-shot weights,
+    hyperparameters; not the frozen towers) as an MMEngine checkpoint that
+    ``tools/test.py CONFIG PATH`` and the inferencer load.
+
+    Raises:
+        FileExistsError: ``path`` exists; nothing is overwritten.
+    """
+    import torch
+    from mmengine.model import is_model_wrapper
+    from mmengine.runner.checkpoint import get_state_dict
+
+    if osp.exists(path):
+        raise FileExistsError(f'{path} exists; choose another path, it is '
+                              'not overwritten.')
+    model = runner.model.module if is_model_wrapper(
+        runner.model) else runner.model
+    checkpoint = dict(
+        meta=dict(
+            cfg=runner.cfg.pretty_text,
+            seed=runner.seed,
+            experiment_name=runner.experiment_name,
+            dataset_meta=dict(runner.test_dataloader.dataset.metainfo)),
+        state_dict=get_state_dict(model),
+        message_hub=runner.message_hub.state_dict())
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
