@@ -96,14 +96,21 @@ class TipAdapterHead(ZeroShotCacheHead):
         clip_logits = self.clip_logits(feats)  # (M, N)
         distance = 1 - self.affinity(feats)  # (M, NK)
         num, num_keys = distance.shape
-        per_beta = num * max(num_keys, len(alphas) * self.num_classes)
-        chunk = max(1, min(len(betas), max_elements // max(per_beta, 1)))
+        # Chunks of betas and alphas such that neither the affinities
+        # (b, M, NK) nor the logits (a, b, M, N) exceed max_elements.
+        beta_chunk = max(1, min(len(betas), max_elements //
+                                max(num * max(num_keys, self.num_classes),
+                                    1)))
+        alpha_chunk = max(1, min(len(alphas), max_elements //
+                                 max(beta_chunk * num * self.num_classes, 1)))
         correct = torch.empty(len(betas), len(alphas), dtype=torch.int64)
-        for start in range(0, len(betas), chunk):
-            beta = betas[start:start + chunk, None, None]  # (b, 1, 1)
+        for b0 in range(0, len(betas), beta_chunk):
+            beta = betas[b0:b0 + beta_chunk, None, None]  # (b, 1, 1)
             cache_logits = torch.exp(-beta * distance) @ self.cache_values
-            logits = (clip_logits + alphas[:, None, None, None] *
-                      cache_logits)  # (A, b, M, N)
-            hits = logits.argmax(dim=-1) == labels  # (A, b, M)
-            correct[start:start + chunk] = hits.sum(dim=-1).t().cpu()
+            for a0 in range(0, len(alphas), alpha_chunk):
+                alpha = alphas[a0:a0 + alpha_chunk, None, None, None]
+                logits = clip_logits + alpha * cache_logits  # (a, b, M, N)
+                hits = logits.argmax(dim=-1) == labels  # (a, b, M)
+                correct[b0:b0 + beta_chunk, a0:a0 + alpha_chunk] = hits.sum(
+                    dim=-1).t().cpu()
         return correct
