@@ -13,6 +13,13 @@ class _LayoutMixin:
     def layout(self) -> str:
         raise NotImplementedError
 
+    @staticmethod
+    def check_split(split: str) -> str:
+        if split not in ('train', 'val', 'test'):
+            raise ValueError(
+                f"split must be 'train', 'val' or 'test', got {split!r}")
+        return split
+
     def check_file(self, path: str, what: str) -> None:
         if not osp.isfile(path):
             raise FileNotFoundError(
@@ -65,10 +72,7 @@ class CoOpSplitDataset(_LayoutMixin, BaseDataset):
                  image_dir: str = '',
                  pipeline: Sequence = (),
                  **kwargs) -> None:
-        if split not in ('train', 'val', 'test'):
-            raise ValueError(
-                f"split must be 'train', 'val' or 'test', got {split!r}")
-        self.split = split
+        self.split = self.check_split(split)
         self.split_file = split_file or self.SPLIT_FILE
         self.image_dir = image_dir or self.IMAGE_DIR
         super().__init__(
@@ -167,10 +171,7 @@ class CoOpFGVCAircraft(_LayoutMixin, BaseDataset):
                  dataset_dir: str = 'fgvc_aircraft',
                  pipeline: Sequence = (),
                  **kwargs) -> None:
-        if split not in ('train', 'val', 'test'):
-            raise ValueError(
-                f"split must be 'train', 'val' or 'test', got {split!r}")
-        self.split = split
+        self.split = self.check_split(split)
         self.dataset_dir = dataset_dir
         super().__init__(
             ann_file=osp.join(dataset_dir, f'images_variant_{split}.txt'),
