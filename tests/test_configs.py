@@ -78,7 +78,9 @@ def inner(dataset_cfg: dict) -> dict:
     return dataset_cfg
 
 
-@pytest.mark.parametrize('name', EXPERIMENTS)
+@pytest.mark.parametrize('name', EXPERIMENTS + [
+    f'custom/{p.name}' for p in sorted(CONFIGS.glob('custom/*.py'))
+])
 def test_datasets_build_lazily_and_fail_clearly_without_data(name, tmp_path):
     cfg = Config.fromfile(str(CONFIGS / name))
     for key in ('fewshot_dataloader', 'val_dataloader', 'test_dataloader'):
