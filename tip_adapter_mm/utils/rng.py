@@ -24,14 +24,15 @@ def seeded_rng(seed: int) -> Iterator[None]:
 
     Transforms of MMPretrain/MMCV draw from these global generators. The
     previous states are restored on exit, so the surrounding code (a
-    sampler, another dataset) sees its generators untouched.
+    sampler, another dataset) sees its generators untouched. Only torch's
+    CPU generator is seeded; CUDA generators are left alone.
     """
     py_state = random.getstate()
     np_state = np.random.get_state()
     torch_state = torch.random.get_rng_state()
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:

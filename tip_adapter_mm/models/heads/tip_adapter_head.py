@@ -106,10 +106,12 @@ class TipAdapterHead(ZeroShotCacheHead):
         correct = torch.empty(len(betas), len(alphas), dtype=torch.int64)
         for b0 in range(0, len(betas), beta_chunk):
             beta = betas[b0:b0 + beta_chunk, None, None]  # (b, 1, 1)
-            cache_logits = torch.exp(-beta * distance) @ self.cache_values
+            # One (b, M, NK) temporary: exponentiate in place.
+            cache_logits = (distance * -beta).exp_() @ self.cache_values
             for a0 in range(0, len(alphas), alpha_chunk):
                 alpha = alphas[a0:a0 + alpha_chunk, None, None, None]
-                logits = clip_logits + alpha * cache_logits  # (a, b, M, N)
+                # clip + alpha * cache without a second (a, b, M, N) tensor
+                logits = torch.addcmul(clip_logits, alpha, cache_logits)
                 hits = logits.argmax(dim=-1) == labels  # (a, b, M)
                 correct[b0:b0 + beta_chunk, a0:a0 + alpha_chunk] = hits.sum(
                     dim=-1).t().cpu()
