@@ -3,7 +3,8 @@
 Everything is built in a temporary directory: an open_clip model with random
 weights (size from the arguments) and generated JPEG images in class
 folders. Each measurement compares two methods side by side in the same run,
-alternating their repetitions (A, B, A, B, ...) and taking medians:
+alternating their repetitions (A, B, A, B, ...; at test time batch by
+batch) after one warm-up each, and takes medians:
 
 1. Cache building: the package's path (``AugmentedViewsDataset`` over a
    ``FewShotDataset`` with the train pipeline, an MMEngine dataloader,
@@ -304,6 +305,28 @@ def alternate(methods: Dict[str, Callable[[], object]], repeats: int,
     return times
 
 
+def alternate_batches(methods: Dict[str, Callable[[torch.Tensor], object]],
+                      batches: List[torch.Tensor], num_images: int,
+                      repeats: int,
+                      device: torch.device) -> Dict[str, List[float]]:
+    """Like :func:`alternate` for per-batch methods, but alternating batch by
+    batch (A B, B A, A B, ... on each batch), so that both methods see the
+    same machine state; seconds per pass over ``num_images`` images."""
+    names = list(methods)
+    for name in names:
+        for inputs in cycled(batches, num_images):
+            methods[name](inputs)
+    times = {name: [] for name in names}
+    for _ in range(repeats):
+        total = dict.fromkeys(names, 0.0)
+        for i, inputs in enumerate(cycled(batches, num_images)):
+            for name in (names if i % 2 == 0 else names[::-1]):
+                total[name] += seconds(lambda: methods[name](inputs), device)
+        for name in names:
+            times[name].append(total[name])
+    return times
+
+
 def summary(times: Dict[str, List[float]], work: float) -> dict:
     """Median seconds, ``work / seconds`` per method, and the median of the
     per-round ratios ``first / second`` of the throughputs."""
@@ -531,20 +554,11 @@ def bench_test_time(model, args: argparse.Namespace, root: str,
              pipeline=pipelines.test_pipeline), args)
     batches = preprocessed_batches(model, loader, args.max_batches_in_memory)
     del loader  # stops its persistent workers before the timing
-
-    def timed_pass(predict: Callable) -> Callable[[], None]:
-
-        @torch.no_grad()
-        def run() -> None:
-            for inputs in cycled(batches, args.val_size):
-                predict(inputs)
-
-        return run
-
-    times = alternate(
-        dict(tip_adapter=timed_pass(model.predict),
-             zero_shot=timed_pass(lambda x: zero_shot_predict(model, x))),
-        args.repeats, device)
+    with torch.no_grad():
+        times = alternate_batches(
+            dict(tip_adapter=model.predict,
+                 zero_shot=lambda x: zero_shot_predict(model, x)),
+            batches, args.val_size, args.repeats, device)
     result = summary(times, args.val_size)
     result['overhead'] = 1 - result.pop('ratio')
     result.update(images_per_pass=args.val_size, unit='images/s',
