@@ -22,8 +22,10 @@ def np_normalize(x, axis):
 
 def np_class_features(W, keys, labels):
     """Per class: its text weight, then its keys (``1 + K_c`` rows)."""
-    return [np.concatenate([W[:, c][None], keys[labels == c]])
-            for c in range(W.shape[1])]
+    return [
+        np.concatenate([W[:, c][None], keys[labels == c]])
+        for c in range(W.shape[1])
+    ]
 
 
 def np_similarity_loops(W, keys, labels):
@@ -51,8 +53,8 @@ def np_similarity_pairs(W, keys, labels):
 
 
 def np_indices(W, keys, labels, feat_num, w=(0.7, 0.3), loops=False):
-    sim = (np_similarity_loops if loops else np_similarity_pairs)(
-        W, keys, labels)
+    sim = (np_similarity_loops if loops else np_similarity_pairs)(W, keys,
+                                                                  labels)
     criterion = -w[0] * sim + w[1] * np.var(W, axis=1, ddof=1)
     return np.argsort(-criterion, kind='stable')[:feat_num]
 
@@ -63,8 +65,8 @@ def np_value_weights(W, keys, values, idx, gamma):
     z = keys1 @ W1
     p = np.exp(z - z.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
-    div = np.sum(values * np.log2((values + 1e-6) / (p + 1e-6)), axis=1,
-                 keepdims=True)
+    div = np.sum(
+        values * np.log2((values + 1e-6) / (p + 1e-6)), axis=1, keepdims=True)
     return np.exp(gamma * div)
 
 
@@ -77,7 +79,12 @@ def np_ape_logits(f, W, keys, values, idx, alpha, beta, gamma, scale=100.):
 
 
 # -- problems ----------------------------------------------------------------
-def random_problem(num=9, channels=32, classes=5, shots=3, views=4, seed=0,
+def random_problem(num=9,
+                   channels=32,
+                   classes=5,
+                   shots=3,
+                   views=4,
+                   seed=0,
                    labels=None):
     """Raw views ``(V, S, C)`` (non-zero mean, as CLIP's), their labels,
     text weights ``(C, N)`` and test features ``(M, C)``."""
@@ -85,13 +92,13 @@ def random_problem(num=9, channels=32, classes=5, shots=3, views=4, seed=0,
     offset = torch.randn(channels, generator=g)
     if labels is None:
         labels = torch.arange(classes).repeat_interleave(shots)
-    view_feats = offset + torch.randn(views, len(labels), channels,
-                                      generator=g) * torch.rand(
-                                          channels, generator=g)
+    view_feats = offset + torch.randn(
+        views, len(labels), channels, generator=g) * torch.rand(
+            channels, generator=g)
     weights = F.normalize(
         offset[:, None] + torch.randn(channels, classes, generator=g), dim=0)
-    feats = F.normalize(offset + torch.randn(num, channels, generator=g),
-                        dim=-1)
+    feats = F.normalize(
+        offset + torch.randn(num, channels, generator=g), dim=-1)
     return view_feats, labels, weights, feats
 
 
@@ -111,18 +118,20 @@ def np_keys(view_feats):
 
 
 # -- tests -------------------------------------------------------------------
-@pytest.mark.parametrize('labels', [
-    torch.tensor([0, 0, 1, 1, 2, 2]),  # 3 classes x 2 shots
-    torch.tensor([2, 0, 2, 1, 2, 0, 1]),  # unequal, unsorted
-])
+@pytest.mark.parametrize(
+    'labels',
+    [
+        torch.tensor([0, 0, 1, 1, 2, 2]),  # 3 classes x 2 shots
+        torch.tensor([2, 0, 2, 1, 2, 0, 1]),  # unequal, unsorted
+    ])
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_channel_selection_equals_naive_loops(labels, seed):
     view_feats, labels, weights, _ = random_problem(
         channels=6, classes=3, seed=seed, labels=labels)
     head = build_head(view_feats, labels, weights, feat_num=6)
     W, = as_np(weights)
-    expected = np_indices(W, np_keys(view_feats), labels.numpy(), 6,
-                          loops=True)
+    expected = np_indices(
+        W, np_keys(view_feats), labels.numpy(), 6, loops=True)
     assert head.feat_indices.dtype == torch.long
     assert head.feat_indices.tolist() == expected.tolist()  # whole ranking
     head3 = build_head(view_feats, labels, weights, feat_num=3)
@@ -138,39 +147,54 @@ def test_channel_selection_equals_naive_loops(labels, seed):
 def test_channels_and_value_weights_equal_numpy(weights_w):
     view_feats, labels, weights, _ = random_problem(
         channels=64, classes=7, shots=4, seed=3)
-    head = build_head(view_feats, labels, weights, feat_num=20, gamma=0.3,
-                      criterion_weights=weights_w)
+    head = build_head(
+        view_feats,
+        labels,
+        weights,
+        feat_num=20,
+        gamma=0.3,
+        criterion_weights=weights_w)
     W, values = as_np(weights, head.cache_values)
     keys = np_keys(view_feats)
-    np.testing.assert_allclose(head.cache_keys.double().numpy(), keys,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        head.cache_keys.double().numpy(), keys, rtol=1e-5, atol=1e-6)
     idx = np_indices(W, keys, labels.numpy(), 20, weights_w)
     assert head.feat_indices.tolist() == idx.tolist()
     for gamma in (0.3, 0.0, 0.45):
         expected = np_value_weights(W, keys, values, idx, gamma)
         np.testing.assert_allclose(
             head.value_weights(torch.tensor(gamma)).double().numpy(),
-            expected, rtol=1e-5)
-    np.testing.assert_allclose(head.value_weights().double().numpy(),
-                               np_value_weights(W, keys, values, idx, 0.3),
-                               rtol=1e-5)
+            expected,
+            rtol=1e-5)
+    np.testing.assert_allclose(
+        head.value_weights().double().numpy(),
+        np_value_weights(W, keys, values, idx, 0.3),
+        rtol=1e-5)
 
 
-@pytest.mark.parametrize('alpha,beta,gamma', [(2.0, 1.0, 0.1),
-                                              (0.7, 5.5, 0.4),
+@pytest.mark.parametrize('alpha,beta,gamma', [(2.0, 1.0, 0.1), (0.7, 5.5, 0.4),
                                               (3.1, 0.1, 0.0)])
 def test_logits_equal_numpy(alpha, beta, gamma):
     view_feats, labels, weights, feats = random_problem(seed=4)
-    head = build_head(view_feats, labels, weights, feat_num=12, alpha=alpha,
-                      beta=beta, gamma=gamma)
+    head = build_head(
+        view_feats,
+        labels,
+        weights,
+        feat_num=12,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma)
     f, W, values = as_np(feats, weights, head.cache_values)
     keys = np_keys(view_feats)
     idx = np_indices(W, keys, labels.numpy(), 12)
     expected = np_ape_logits(f, W, keys, values, idx, alpha, beta, gamma)
     logits = head((feats, ))
     assert logits.shape == (9, 5)
-    np.testing.assert_allclose(logits.double().numpy(), expected, rtol=1e-5,
-                               atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        logits.double().numpy(),
+        expected,
+        rtol=1e-5,
+        atol=1e-5 * np.abs(expected).max())
     # The zero-shot term uses all channels: alpha = 0 is zero-shot CLIP.
     head.set_hyperparameters(alpha=0.0)
     assert torch.equal(head((feats, )), 100.0 * feats @ weights)
@@ -178,15 +202,21 @@ def test_logits_equal_numpy(alpha, beta, gamma):
 
 def test_all_channels_and_gamma_zero_is_tip_adapter():
     view_feats, labels, weights, feats = random_problem(seed=5)
-    ape = build_head(view_feats, labels, weights, feat_num=32, alpha=1.7,
-                     beta=3.3, gamma=0.0)
+    ape = build_head(
+        view_feats,
+        labels,
+        weights,
+        feat_num=32,
+        alpha=1.7,
+        beta=3.3,
+        gamma=0.0)
     tip = TipAdapterHead(num_classes=5, alpha=1.7, beta=3.3)
     tip.set_zero_shot_weights(weights)
     tip.build_cache(view_feats, labels)
     assert torch.equal(ape.cache_keys, tip.cache_keys)
     assert sorted(ape.feat_indices.tolist()) == list(range(32))
-    torch.testing.assert_close(ape((feats, )), tip((feats, )), rtol=1e-5,
-                               atol=1e-5)
+    torch.testing.assert_close(
+        ape((feats, )), tip((feats, )), rtol=1e-5, atol=1e-5)
     # ... and not with fewer channels or gamma > 0.
     ape.set_hyperparameters(gamma=0.4)
     assert not torch.allclose(ape((feats, )), tip((feats, )), atol=1e-3)
@@ -208,10 +238,12 @@ def search_problem(seed, num=120, channels=24, classes=6, shots=4):
     views = centres[key_labels] + 0.3 * torch.randn(
         3, len(key_labels), channels, generator=g)
     weights = F.normalize(
-        centres.t() + 0.5 * torch.randn(channels, classes, generator=g),
-        dim=0)
-    head = APEHead(num_classes=classes, feat_num=16, search_scale=SCALE,
-                   search_step=STEPS)
+        centres.t() + 0.5 * torch.randn(channels, classes, generator=g), dim=0)
+    head = APEHead(
+        num_classes=classes,
+        feat_num=16,
+        search_scale=SCALE,
+        search_step=STEPS)
     head.set_zero_shot_weights(weights)
     head.build_cache(views, key_labels)
     return head, feats, labels
@@ -243,7 +275,7 @@ def triple_loop(head, feats, labels):
 
 
 @pytest.mark.parametrize('chunk_size,max_elements', [(120, 2**26), (50, 5000),
-                                                      (33, 1)])
+                                                     (33, 1)])
 @pytest.mark.parametrize('seed', [0, 1])
 def test_search_equals_triple_loop(seed, chunk_size, max_elements):
     head, feats, labels = search_problem(seed)
@@ -285,16 +317,16 @@ def test_count_correct_respects_max_elements(max_elements):
 
 def test_search_counts_every_point_as_forward():
     head, feats, labels = search_problem(2, num=40)
-    result = grid_search(head, feats, labels, chunk_size=16,
-                         max_elements=3000)
+    result = grid_search(head, feats, labels, chunk_size=16, max_elements=3000)
     grid = head.search_grid()
     assert len(torch.unique(result.accuracy_grid)) > 20
     for i in (0, 4, 9):
         for j in (0, 5):
             for k in (0, 1, 3):
-                head.set_hyperparameters(beta=grid['beta'][i],
-                                         alpha=grid['alpha'][j],
-                                         gamma=grid['gamma'][k])
+                head.set_hyperparameters(
+                    beta=grid['beta'][i],
+                    alpha=grid['alpha'][j],
+                    gamma=grid['gamma'][k])
                 acc = (head((feats, )).argmax(1) == labels).double().mean()
                 assert result.accuracy_grid[i, j, k].item() == \
                     pytest.approx(acc.item() * 100)
@@ -332,7 +364,10 @@ def test_state_dict_round_trip():
     assert not fresh.has_cache and not fresh.is_refined
     fresh.load_state_dict(head.state_dict())
     assert fresh.searched and fresh.hyperparameters == {
-        'beta': 4.25, 'alpha': 2.5, 'gamma': 0.3}
+        'beta': 4.25,
+        'alpha': 2.5,
+        'gamma': 0.3
+    }
     assert fresh.feat_indices.dtype == torch.long
     assert torch.equal(fresh.feat_indices, head.feat_indices)
     assert torch.equal(fresh.cache_div, head.cache_div)
@@ -373,7 +408,7 @@ def test_config_parses_with_reference_values():
     assert 'train_cache_keys' not in head
     assert cfg.model.templates == 'imagenet'
     assert cfg.fewshot_dataloader.dataset.num_shots == 16
-    assert [h.type for h in cfg.custom_hooks] == [
-        'BuildCacheHook', 'HyperparameterSearchHook']
+    assert [h.type for h in cfg.custom_hooks
+            ] == ['BuildCacheHook', 'HyperparameterSearchHook']
     built = MODELS.build(head)
     assert isinstance(built, APEHead) and built.feat_num == 500

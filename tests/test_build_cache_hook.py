@@ -39,8 +39,10 @@ def stand_in_features(packed_inputs: torch.Tensor) -> np.ndarray:
     img = packed_inputs.numpy().astype(np.float64)[::-1]  # BGR -> RGB
     img = (img - MEAN[:, None, None]) / STD[:, None, None]
     _, h, w = img.shape
-    quads = [img[:, :h // 2, :w // 2], img[:, :h // 2, w // 2:],
-             img[:, h // 2:, :w // 2], img[:, h // 2:, w // 2:]]
+    quads = [
+        img[:, :h // 2, :w // 2], img[:, :h // 2, w // 2:],
+        img[:, h // 2:, :w // 2], img[:, h // 2:, w // 2:]
+    ]
     # adaptive_avg_pool2d flattens as (channel, row, col)
     pooled = np.stack([q.mean(axis=(1, 2)) for q in quads], axis=1)
     return pooled.reshape(-1) @ projection() + 1.0
@@ -54,7 +56,7 @@ def write_gradient_images(root):
         for c in range(3):
             (root / split / f'class{c}').mkdir(parents=True)
             for i in range(4):
-                ramp = np.linspace(0, 1, 64)[None, :, None] ** (c + 1)
+                ramp = np.linspace(0, 1, 64)[None, :, None]**(c + 1)
                 img = 255 * ramp * rng.uniform(0.2, 1, (1, 1, 3))
                 img = img + np.linspace(0, 80, 48)[:, None, None] * i / 3
                 Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
@@ -72,41 +74,40 @@ def test_cache_keys_are_normalised_mean_of_raw_view_features(
     cfg.fewshot_dataloader.dataset.dataset.data_root = data_root
     cfg.test_dataloader.update(loader)
     cfg.test_dataloader.dataset.data_root = data_root
-    cfg.merge_from_dict(dict(
-        model=dict(
-            type='CLIPFewShotClassifier',
-            backbone=dict(type='QuadrantColourBackbone'),
-            text_encoder=dict(type='OpenCLIPTextEncoder', **tiny_clip),
-            head=dict(type='TipAdapterHead', num_classes=3, topk=(1, ))),
-        work_dir=str(tmp_path / 'work'),
-        test_cfg=dict(),
-        default_scope='mmpretrain',
-        custom_hooks=[dict(type='BuildCacheHook', augment_epoch=4)]))
+    cfg.merge_from_dict(
+        dict(
+            model=dict(
+                type='CLIPFewShotClassifier',
+                backbone=dict(type='QuadrantColourBackbone'),
+                text_encoder=dict(type='OpenCLIPTextEncoder', **tiny_clip),
+                head=dict(type='TipAdapterHead', num_classes=3, topk=(1, ))),
+            work_dir=str(tmp_path / 'work'),
+            test_cfg=dict(),
+            default_scope='mmpretrain',
+            custom_hooks=[dict(type='BuildCacheHook', augment_epoch=4)]))
     for key in ('val_dataloader', 'val_evaluator'):
         cfg.pop(key)
     runner = Runner.from_cfg(cfg)
     runner.test()
     head = runner.model.head
 
-
     fewshot = DATASETS.build(cfg.fewshot_dataloader.dataset)
     views = AugmentedViewsDataset(fewshot, num_views=4, seed=1)
-    raw = np.stack([stand_in_features(views[j]['inputs'])
-                    for j in range(len(views))]).reshape(4, 9, 32)
+    raw = np.stack([
+        stand_in_features(views[j]['inputs']) for j in range(len(views))
+    ]).reshape(4, 9, 32)
     norms = np.linalg.norm(raw, axis=2)
     assert (norms.max(axis=0) / norms.min(axis=0)).min() > 1.05
     expected = raw.mean(axis=0)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    np.testing.assert_allclose(head.cache_keys.numpy(), expected, rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        head.cache_keys.numpy(), expected, rtol=1e-4, atol=1e-5)
     # Averaging normalised features instead would give other keys.
-    normalised_first = (raw / np.linalg.norm(raw, axis=2,
-                                             keepdims=True)).mean(axis=0)
-    normalised_first /= np.linalg.norm(normalised_first, axis=1,
-                                       keepdims=True)
+    normalised_first = (raw / np.linalg.norm(raw, axis=2, keepdims=True)).mean(
+        axis=0)
+    normalised_first /= np.linalg.norm(normalised_first, axis=1, keepdims=True)
     assert np.abs(normalised_first - expected).max() > 1e-2
-    labels = np.array([views[j]['data_samples'].gt_label.item()
-                       for j in range(9)])
-    np.testing.assert_array_equal(head.cache_values.numpy(),
-                                  np.eye(3)[labels])
+    labels = np.array(
+        [views[j]['data_samples'].gt_label.item() for j in range(9)])
+    np.testing.assert_array_equal(head.cache_values.numpy(), np.eye(3)[labels])
     assert head.has_zero_shot_weights

@@ -34,8 +34,8 @@ def fake_coop(root, image_dir, split_file, classes, per_split):
 
 @pytest.mark.parametrize('dataset_type,image_dir,split_file,classes', [
     ('CoOpCaltech101', 'caltech-101/101_ObjectCategories',
-     'caltech-101/split_zhou_Caltech101.json', ['accordion', 'airplane',
-                                                'anchor']),
+     'caltech-101/split_zhou_Caltech101.json',
+     ['accordion', 'airplane', 'anchor']),
     ('CoOpEuroSAT', 'eurosat/2750', 'eurosat/split_zhou_EuroSAT.json',
      ['Annual Crop Land', 'Forest']),
 ])
@@ -44,8 +44,8 @@ def test_coop_split_reader(tmp_path, dataset_type, image_dir, split_file,
     splits = fake_coop(tmp_path, image_dir, split_file, classes,
                        dict(train=6, val=2, test=3))
     for split, n in (('train', 6), ('val', 2), ('test', 3)):
-        data = DATASETS.build(dict(type=dataset_type,
-                                   data_root=str(tmp_path), split=split))
+        data = DATASETS.build(
+            dict(type=dataset_type, data_root=str(tmp_path), split=split))
         assert len(data) == n * len(classes)
         assert data.metainfo['classes'] == tuple(classes)
         for i, (rel, label, _) in enumerate(splits[split]):
@@ -54,9 +54,10 @@ def test_coop_split_reader(tmp_path, dataset_type, image_dir, split_file,
             assert info['gt_label'] == label
     train = DATASETS.build(dict(type=dataset_type, data_root=str(tmp_path)))
     a = FewShotDataset(train, num_shots=2, seed=1)
-    b = FewShotDataset(DATASETS.build(dict(type=dataset_type,
-                                           data_root=str(tmp_path))),
-                       num_shots=2, seed=1)
+    b = FewShotDataset(
+        DATASETS.build(dict(type=dataset_type, data_root=str(tmp_path))),
+        num_shots=2,
+        seed=1)
     paths = [a.get_data_info(i)['img_path'] for i in range(len(a))]
     assert paths == [b.get_data_info(i)['img_path'] for i in range(len(b))]
     assert np.bincount(a.get_gt_labels()).tolist() == [2] * len(classes)
@@ -73,50 +74,57 @@ def test_fgvc_aircraft_reader(tmp_path):
         (base / f'images_variant_{split}.txt').write_text('\n'.join(lines))
         for i in ids:
             write_image(base / 'images' / f'{1000000 + i}.jpg')
-    data = DATASETS.build(dict(type='CoOpFGVCAircraft',
-                               data_root=str(tmp_path), split='val'))
+    data = DATASETS.build(
+        dict(type='CoOpFGVCAircraft', data_root=str(tmp_path), split='val'))
     assert data.metainfo['classes'] == tuple(variants)
     assert [data.get_data_info(i)['gt_label'] for i in range(3)] == [0, 1, 2]
     assert data.get_data_info(2)['img_path'] == str(base / 'images' /
-                                                     '1000008.jpg')
+                                                    '1000008.jpg')
     (base / 'images_variant_test.txt').write_text('1000009 Unknown Jet\n')
     with pytest.raises(ValueError, match="variant 'Unknown Jet' is not in"):
-        DATASETS.build(dict(type='CoOpFGVCAircraft', data_root=str(tmp_path),
-                            split='test'))
+        DATASETS.build(
+            dict(
+                type='CoOpFGVCAircraft', data_root=str(tmp_path),
+                split='test'))
 
 
 def test_missing_split_file_and_image_name_path_and_layout(tmp_path):
-    with pytest.raises(FileNotFoundError,
-                       match=r'split_zhou_DescribableTextures\.json.*'
-                       r'Expected layout'):
+    with pytest.raises(
+            FileNotFoundError,
+            match=r'split_zhou_DescribableTextures\.json.*'
+            r'Expected layout'):
         DATASETS.build(dict(type='CoOpDTD', data_root=str(tmp_path)))
-    fake_coop(tmp_path, 'dtd/images', 'dtd/split_zhou_DescribableTextures.json',
-              ['banded', 'blotchy'], dict(train=2, val=1, test=1))
+    fake_coop(tmp_path, 'dtd/images',
+              'dtd/split_zhou_DescribableTextures.json', ['banded', 'blotchy'],
+              dict(train=2, val=1, test=1))
     (tmp_path / 'dtd/images/banded/train_0.jpg').unlink()
-    with pytest.raises(FileNotFoundError, match=r'(?s)banded/train_0\.jpg.*'
-                       r'listed in the split is missing.*dtd/images'):
+    with pytest.raises(
+            FileNotFoundError,
+            match=r'(?s)banded/train_0\.jpg.*'
+            r'listed in the split is missing.*dtd/images'):
         DATASETS.build(dict(type='CoOpDTD', data_root=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match='variants.txt'):
         DATASETS.build(dict(type='CoOpFGVCAircraft', data_root=str(tmp_path)))
 
 
-def test_custom_dataset_example_end_to_end(tiny_clip, image_folders,
-                                           tmp_path):
+def test_custom_dataset_example_end_to_end(tiny_clip, image_folders, tmp_path):
     config = CONFIGS / 'custom' / 'tip_my_dataset_16shot.py'
     assert len(config.read_text().splitlines()) <= 15
     root = str(image_folders)
-    model = [f'model.{tower}.{k}={v}' for tower in ('backbone',
-                                                    'text_encoder')
-             for k, v in tiny_clip.items()]
-    output = run_tool(python_tool(
-        'test.py', str(config), '--work-dir', str(tmp_path),
-        '--cfg-options', *model, 'model.head.num_classes=3',
-        'fewshot_dataloader.dataset.num_shots=4',
-        f'fewshot_dataloader.dataset.dataset.data_root={root}',
-        f'val_dataloader.dataset.data_root={root}',
-        f'test_dataloader.dataset.data_root={root}',
-        'fewshot_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
-        'test_dataloader.num_workers=0'))
+    model = [
+        f'model.{tower}.{k}={v}' for tower in ('backbone', 'text_encoder')
+        for k, v in tiny_clip.items()
+    ]
+    output = run_tool(
+        python_tool('test.py', str(config), '--work-dir', str(tmp_path),
+                    '--cfg-options', *model, 'model.head.num_classes=3',
+                    'fewshot_dataloader.dataset.num_shots=4',
+                    f'fewshot_dataloader.dataset.dataset.data_root={root}',
+                    f'val_dataloader.dataset.data_root={root}',
+                    f'test_dataloader.dataset.data_root={root}',
+                    'fewshot_dataloader.num_workers=0',
+                    'val_dataloader.num_workers=0',
+                    'test_dataloader.num_workers=0'))
     assert 'Building zero-shot weights for 3 classes' in output
     assert 'Cache model: 12 keys' in output
     assert 'accuracy/top1' in output

@@ -20,12 +20,12 @@ def make_head_and_data(seed=0, num=150, channels=24, classes=6, shots=4):
     key_labels = torch.arange(classes).repeat_interleave(shots)
     keys = F.normalize(
         centres[key_labels] +
-        0.9 * torch.randn(len(key_labels), channels, generator=g), dim=-1)
+        0.9 * torch.randn(len(key_labels), channels, generator=g),
+        dim=-1)
     weights = F.normalize(
-        centres.t() + 0.8 * torch.randn(channels, classes, generator=g),
-        dim=0)
-    head = TipAdapterHead(num_classes=classes, search_scale=(7, 3),
-                          search_step=(30, 12))
+        centres.t() + 0.8 * torch.randn(channels, classes, generator=g), dim=0)
+    head = TipAdapterHead(
+        num_classes=classes, search_scale=(7, 3), search_step=(30, 12))
     head.set_zero_shot_weights(weights)
     head.set_cache(keys, F.one_hot(key_labels, classes).float())
     return head, feats, labels
@@ -49,14 +49,14 @@ def double_loop(feats, labels, weights, keys, values, scale, steps):
 
 
 @pytest.mark.parametrize('chunk_size,max_elements', [(150, 2**26), (64, 2**26),
-                                                      (7, 2**26), (50, 5000),
-                                                      (1, 1)])
+                                                     (7, 2**26), (50, 5000),
+                                                     (1, 1)])
 @pytest.mark.parametrize('seed', [0, 1])
 def test_grid_search_equals_double_loop(seed, chunk_size, max_elements):
     head, feats, labels = make_head_and_data(seed)
     acc, beta, alpha = double_loop(feats, labels, head.zero_shot_weights,
-                                   head.cache_keys, head.cache_values,
-                                   (7, 3), (30, 12))
+                                   head.cache_keys, head.cache_values, (7, 3),
+                                   (30, 12))
     result = grid_search(head, feats, labels, chunk_size, max_elements)
     assert result.best == {'beta': beta, 'alpha': alpha}
     assert result.accuracy == pytest.approx(acc, abs=1e-9)
@@ -70,11 +70,11 @@ def test_grid_counts_every_point():
     grid = head.search_grid()
     for i in (0, 13, 29):
         for j in (0, 5, 11):
-            head.set_hyperparameters(beta=grid['beta'][i],
-                                     alpha=grid['alpha'][j])
+            head.set_hyperparameters(
+                beta=grid['beta'][i], alpha=grid['alpha'][j])
             acc = (head((feats, )).argmax(1) == labels).double().mean() * 100
-            assert result.accuracy_grid[i, j].item() == pytest.approx(
-                acc.item())
+            assert result.accuracy_grid[i,
+                                        j].item() == pytest.approx(acc.item())
 
 
 def test_first_best_wins_ties():

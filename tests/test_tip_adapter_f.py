@@ -73,8 +73,12 @@ def plugins(tmp_path_factory):
 
 
 def f_config(path, tiny_clip, image_folders, extra=''):
-    return tiny_config(path, tiny_clip, image_folders,
-                       schedule='tip_adapter_f', extra=F_EXTRA + extra)
+    return tiny_config(
+        path,
+        tiny_clip,
+        image_folders,
+        schedule='tip_adapter_f',
+        extra=F_EXTRA + extra)
 
 
 SCRIPTED = """
@@ -88,25 +92,25 @@ def uninterrupted(tiny_clip, image_folders, plugins, tmp_path_factory):
     root = tmp_path_factory.mktemp('tip_f')
     config = f_config(root / 'tip_f.py', tiny_clip, image_folders, SCRIPTED)
     work_dir = root / 'work'
-    output = run_tool(python_tool('train.py', str(config), '--work-dir',
-                                  str(work_dir)), python_path=str(plugins))
+    output = run_tool(
+        python_tool('train.py', str(config), '--work-dir', str(work_dir)),
+        python_path=str(plugins))
     return config, work_dir, output
 
 
 def final_top1(output):
-    return float(re.findall(r'Epoch\(test\).*accuracy/top1: ([0-9.]+)',
-                            output)[-1])
+    return float(
+        re.findall(r'Epoch\(test\).*accuracy/top1: ([0-9.]+)', output)[-1])
 
 
 def state(path):
     return torch.load(path, weights_only=False)['state_dict']
 
 
-def test_only_the_keys_train_and_encoder_is_untouched(tiny_clip,
-                                                      image_folders,
+def test_only_the_keys_train_and_encoder_is_untouched(tiny_clip, image_folders,
                                                       tmp_path):
-    cfg = Config.fromfile(str(f_config(tmp_path / 'f.py', tiny_clip,
-                                       image_folders)))
+    cfg = Config.fromfile(
+        str(f_config(tmp_path / 'f.py', tiny_clip, image_folders)))
     cfg.work_dir = str(tmp_path / 'work')
     runner = RUNNERS.build(cfg)
     model = runner.model
@@ -117,9 +121,8 @@ def test_only_the_keys_train_and_encoder_is_untouched(tiny_clip,
     keys_before = model.head.cache_keys.detach().clone()
     values_before = model.head.cache_values.clone()
     weights_before = model.head.zero_shot_weights.clone()
-    assert [n for n, p in model.named_parameters() if p.requires_grad] == [
-        'head.cache_keys'
-    ]
+    assert [n for n, p in model.named_parameters()
+            if p.requires_grad] == ['head.cache_keys']
     runner.train()
 
     optimizer = runner.optim_wrapper.optimizer
@@ -134,24 +137,33 @@ def test_only_the_keys_train_and_encoder_is_untouched(tiny_clip,
 
 
 def test_one_step_lowers_the_loss_and_logits_follow_spec(tiny_clip):
-    model = MODELS.build(dict(
-        type='CLIPFewShotClassifier',
-        backbone=dict(type='OpenCLIPVisualBackbone', **tiny_clip),
-        head=dict(type='TipAdapterHead', num_classes=3, alpha=1.17,
-                  beta=1.0, train_cache_keys=True)))
+    model = MODELS.build(
+        dict(
+            type='CLIPFewShotClassifier',
+            backbone=dict(type='OpenCLIPVisualBackbone', **tiny_clip),
+            head=dict(
+                type='TipAdapterHead',
+                num_classes=3,
+                alpha=1.17,
+                beta=1.0,
+                train_cache_keys=True)))
     g = torch.Generator().manual_seed(0)
     model.head.set_zero_shot_weights(
         F.normalize(torch.randn(32, 3, generator=g), dim=0))
-    model.head.set_cache(F.normalize(torch.randn(6, 32, generator=g), dim=-1),
-                         torch.eye(3).repeat(2, 1))
+    model.head.set_cache(
+        F.normalize(torch.randn(6, 32, generator=g), dim=-1),
+        torch.eye(3).repeat(2, 1))
     feats = torch.randn(8, 32, generator=g)  # raw, as in cached views
     labels = torch.arange(8) % 3
-    data = dict(inputs=list(feats),
-                data_samples=[DataSample().set_gt_label(int(y))
-                              for y in labels])
-    optim_wrapper = build_optim_wrapper(model, dict(
-        constructor='TrainableParamsOptimWrapperConstructor',
-        optimizer=dict(type='AdamW', lr=1e-2, eps=1e-4, weight_decay=0.01)))
+    data = dict(
+        inputs=list(feats),
+        data_samples=[DataSample().set_gt_label(int(y)) for y in labels])
+    optim_wrapper = build_optim_wrapper(
+        model,
+        dict(
+            constructor='TrainableParamsOptimWrapperConstructor',
+            optimizer=dict(type='AdamW', lr=1e-2, eps=1e-4,
+                           weight_decay=0.01)))
     model.train()
     loss_before = model.train_step(data, optim_wrapper)['loss'].item()
     with torch.no_grad():
@@ -165,8 +177,8 @@ def test_one_step_lowers_the_loss_and_logits_follow_spec(tiny_clip):
     expected = 100 * f @ W + 1.17 * np.exp(-1.0 * (1 - f @ K.T)) @ L
     with torch.no_grad():
         logits = model.head((F.normalize(feats, dim=-1), ))
-    np.testing.assert_allclose(logits.double().numpy(), expected, rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        logits.double().numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_best_epoch_is_chosen_on_validation(uninterrupted, image_folders):
@@ -186,10 +198,11 @@ def test_best_epoch_is_chosen_on_validation(uninterrupted, image_folders):
 
 def test_test_py_reproduces_final_metric(uninterrupted, plugins, tmp_path):
     config, work_dir, output = uninterrupted
-    again = run_tool(python_tool('test.py', str(config),
-                                 str(work_dir / 'final_searched.pth'),
-                                 '--work-dir', str(tmp_path)),
-                     python_path=str(plugins))
+    again = run_tool(
+        python_tool('test.py', str(config),
+                    str(work_dir / 'final_searched.pth'), '--work-dir',
+                    str(tmp_path)),
+        python_path=str(plugins))
     assert final_top1(again) == final_top1(output)
     assert 'Hyperparameter search' not in again
 
@@ -210,43 +223,50 @@ custom_hooks = [
 ]
 """)
     work_dir = tmp_path / 'work'
-    run_tool(python_tool('train.py', str(killed), '--work-dir',
-                         str(work_dir)), python_path=str(plugins),
-             expect_rc=3)
+    run_tool(
+        python_tool('train.py', str(killed), '--work-dir', str(work_dir)),
+        python_path=str(plugins),
+        expect_rc=3)
     assert (work_dir / 'epoch_2.pth').exists()
     assert not (work_dir / 'epoch_3.pth').exists()
-    resumed_cfg = f_config(tmp_path / 'resumed.py', tiny_clip,
-                           image_folders, SCRIPTED)
-    output = run_tool(python_tool('train.py', str(resumed_cfg),
-                                  '--work-dir', str(work_dir), '--resume'),
-                      python_path=str(plugins))
+    resumed_cfg = f_config(tmp_path / 'resumed.py', tiny_clip, image_folders,
+                           SCRIPTED)
+    output = run_tool(
+        python_tool('train.py', str(resumed_cfg), '--work-dir', str(work_dir),
+                    '--resume'),
+        python_path=str(plugins))
     assert 'validating it before training goes on' in output
-    assert [p.name for p in work_dir.glob('best_*.pth')] == [
-        'best_accuracy_top1_epoch_2.pth'
-    ]
+    assert [p.name for p in work_dir.glob('best_*.pth')
+            ] == ['best_accuracy_top1_epoch_2.pth']
     for name in (f'epoch_{EPOCHS}.pth', 'final_searched.pth'):
         resumed, full = state(work_dir / name), state(full_dir / name)
-        torch.testing.assert_close(resumed['head.cache_keys'],
-                                   full['head.cache_keys'], rtol=1e-6,
-                                   atol=1e-7)
+        torch.testing.assert_close(
+            resumed['head.cache_keys'],
+            full['head.cache_keys'],
+            rtol=1e-6,
+            atol=1e-7)
     assert final_top1(output) == final_top1(full_output)
 
 
-
-def test_dist_train_two_processes_matches_one(uninterrupted, plugins,
-                                              tmp_path, monkeypatch):
+def test_dist_train_two_processes_matches_one(uninterrupted, plugins, tmp_path,
+                                              monkeypatch):
     config, full_dir, full_output = uninterrupted
     monkeypatch.setenv('PORT', free_port())
     work_dir = tmp_path / 'dist'
-    output = run_tool(['bash', 'tools/dist_train.sh', str(config), '2',
-                       '--work-dir', str(work_dir)],
+    output = run_tool([
+        'bash', 'tools/dist_train.sh',
+        str(config), '2', '--work-dir',
+        str(work_dir)
+    ],
                       python_path=str(plugins))
     assert 'global_batch_size 4: 2 per process x 2' in output
     for name in (f'epoch_{EPOCHS}.pth', 'final_searched.pth'):
         two, one = state(work_dir / name), state(full_dir / name)
-        torch.testing.assert_close(two['head.cache_keys'],
-                                   one['head.cache_keys'], rtol=1e-5,
-                                   atol=1e-5)
+        torch.testing.assert_close(
+            two['head.cache_keys'],
+            one['head.cache_keys'],
+            rtol=1e-5,
+            atol=1e-5)
     assert state(work_dir / 'final_searched.pth')['head.alpha'] == state(
         full_dir / 'final_searched.pth')['head.alpha']
     assert final_top1(output) == final_top1(full_output)
@@ -262,11 +282,12 @@ def test_reencode_train_set_must_match_fewshot_set(tiny_clip, image_folders,
                                           data_root=data_root,
                                           data_prefix='train')))
     """)
-    cfg = Config.fromfile(str(f_config(tmp_path / 'f.py', tiny_clip,
-                                       image_folders, extra)))
+    cfg = Config.fromfile(
+        str(f_config(tmp_path / 'f.py', tiny_clip, image_folders, extra)))
     cfg.work_dir = str(tmp_path / 'work')
-    with pytest.raises(ValueError, match=r"differ in \['num_shots'\]: "
-                       r'num_shots=2 vs 4'):
+    with pytest.raises(
+            ValueError, match=r"differ in \['num_shots'\]: "
+            r'num_shots=2 vs 4'):
         RUNNERS.build(cfg)
 
 
@@ -281,7 +302,9 @@ def test_training_checks_val_and_test_classes(tiny_clip, image_folders,
     cfg.work_dir = str(tmp_path / 'work')
     runner = RUNNERS.build(cfg)
     # Folders sort as green_leaf, navy_sky, red_apple in val/ and test/.
-    with pytest.raises(ValueError, match=r"(?s)Class names of the val set.*"
-                       r"class 0: 'blue_sky' \(the few-shot train set\) vs "
-                       r"'green_leaf' \(the val set\)"):
+    with pytest.raises(
+            ValueError,
+            match=r"(?s)Class names of the val set.*"
+            r"class 0: 'blue_sky' \(the few-shot train set\) vs "
+            r"'green_leaf' \(the val set\)"):
         runner.train()

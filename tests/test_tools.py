@@ -30,8 +30,8 @@ def single_run(tiny_clip, image_folders, tmp_path_factory):
     root = tmp_path_factory.mktemp('single')
     config = tiny_config(root / 'tiny_tip.py', tiny_clip, image_folders)
     work_dir = root / 'work'
-    output = run_tool(python_tool('test.py', str(config), '--work-dir',
-                                  str(work_dir)))
+    output = run_tool(
+        python_tool('test.py', str(config), '--work-dir', str(work_dir)))
     return config, work_dir, output
 
 
@@ -53,13 +53,12 @@ def test_test_py_builds_cache_searches_and_reports_top1(single_run):
 
 def test_second_run_reuses_saved_features(single_run):
     config, work_dir, output = single_run
-    again = run_tool(python_tool('test.py', str(config), '--work-dir',
-                                 str(work_dir)))
+    again = run_tool(
+        python_tool('test.py', str(config), '--work-dir', str(work_dir)))
     assert 'Loaded 3 augmented views of 12 few-shot images' in again
     assert 'Loaded val features' in again
     assert 'Encoding' not in again
     assert top1(again) == top1(output)
-
 
 
 def test_dist_test_two_processes_matches_one(single_run, tmp_path,
@@ -67,20 +66,27 @@ def test_dist_test_two_processes_matches_one(single_run, tmp_path,
     config, single_dir, single_output = single_run
     monkeypatch.setenv('PORT', free_port())
     work_dir = tmp_path / 'dist'
-    output = run_tool(['bash', 'tools/dist_test.sh', str(config), '2',
-                       '--work-dir', str(work_dir)])
+    output = run_tool([
+        'bash', 'tools/dist_test.sh',
+        str(config), '2', '--work-dir',
+        str(work_dir)
+    ])
     assert 'Distributed training: True' in output
     assert 'gloo' in output or torch.cuda.is_available()
     torch.testing.assert_close(
         saved(work_dir, 'views')['feats'],
-        saved(single_dir, 'views')['feats'], rtol=1e-5, atol=1e-5)
-    assert torch.equal(saved(work_dir, 'views')['labels'],
-                       saved(single_dir, 'views')['labels'])
-    torch.testing.assert_close(saved(work_dir, 'val')['feats'],
-                               saved(single_dir, 'val')['feats'],
-                               rtol=1e-5, atol=1e-5)
-    assert search_report(work_dir)['best'] == search_report(
-        single_dir)['best']
+        saved(single_dir, 'views')['feats'],
+        rtol=1e-5,
+        atol=1e-5)
+    assert torch.equal(
+        saved(work_dir, 'views')['labels'],
+        saved(single_dir, 'views')['labels'])
+    torch.testing.assert_close(
+        saved(work_dir, 'val')['feats'],
+        saved(single_dir, 'val')['feats'],
+        rtol=1e-5,
+        atol=1e-5)
+    assert search_report(work_dir)['best'] == search_report(single_dir)['best']
     assert top1(output) == top1(single_output)
 
 
@@ -91,23 +97,29 @@ def test_dist_test_two_processes_matches_one(single_run, tmp_path,
     "dict(_delete_=True, type='APEHead', num_classes=3, feat_num=16, "
     "search_step=(10, 5, 3), topk=(1, ))",
 ])
-def test_heads_run_save_and_reload_through_test_py(head, tiny_clip, image_folders,
-                                           tmp_path):
-    config = tiny_config(tmp_path / 'sibling.py', tiny_clip, image_folders,
-                         extra=f"model['head'] = {head}")
-    output = run_tool(python_tool('test.py', str(config), '--work-dir',
-                                  str(tmp_path / 'work')))
+def test_heads_run_save_and_reload_through_test_py(head, tiny_clip,
+                                                   image_folders, tmp_path):
+    config = tiny_config(
+        tmp_path / 'sibling.py',
+        tiny_clip,
+        image_folders,
+        extra=f"model['head'] = {head}")
+    output = run_tool(
+        python_tool('test.py', str(config), '--work-dir',
+                    str(tmp_path / 'work')))
     assert 'Hyperparameter search on val' in output
     assert 0.0 <= top1(output) <= 100.0
     saved = tmp_path / 'adapted.pth'
-    again = run_tool(python_tool('test.py', str(config), '--work-dir',
-                                 str(tmp_path / 'work'), '--save-model',
-                                 str(saved)))
+    again = run_tool(
+        python_tool('test.py', str(config), '--work-dir',
+                    str(tmp_path / 'work'), '--save-model', str(saved)))
     assert saved.is_file() and top1(again) == top1(output)
-    reloaded = run_tool(python_tool('test.py', str(config), str(saved),
-                                    '--work-dir', str(tmp_path / 'reload')))
+    reloaded = run_tool(
+        python_tool('test.py', str(config), str(saved), '--work-dir',
+                    str(tmp_path / 'reload')))
     assert 'Hyperparameter search' not in reloaded
     assert top1(reloaded) == top1(output)
-    refused = run_tool(python_tool('test.py', str(config), '--save-model',
-                                   str(saved)), expect_rc=1)
+    refused = run_tool(
+        python_tool('test.py', str(config), '--save-model', str(saved)),
+        expect_rc=1)
     assert 'exists; it is not overwritten' in refused

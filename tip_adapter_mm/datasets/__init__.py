@@ -3,8 +3,7 @@ from .cached_views import CachedViewsDataset
 from .few_shot import FewShotDataset, HoldoutDataset, SubsetDataset
 from .coop import (CoOpCaltech101, CoOpDTD, CoOpEuroSAT, CoOpFGVCAircraft,
                    CoOpFlowers102, CoOpFood101, CoOpOxfordPets,
-                   CoOpSplitDataset, CoOpStanfordCars, CoOpSUN397,
-                   CoOpUCF101)
+                   CoOpSplitDataset, CoOpStanfordCars, CoOpSUN397, CoOpUCF101)
 from .class_names import check_class_names, read_class_names
 from .imagenet import CLIPImageNet
 from .samplers import ViewCyclingSampler
@@ -13,8 +12,8 @@ from .templates import PROMPT_TEMPLATES, get_templates
 __all__ = [
     'CoOpSplitDataset', 'CoOpCaltech101', 'CoOpOxfordPets', 'CoOpStanfordCars',
     'CoOpFlowers102', 'CoOpFood101', 'CoOpSUN397', 'CoOpDTD', 'CoOpEuroSAT',
-    'CoOpUCF101', 'CoOpFGVCAircraft',
-    'AugmentedViewsDataset', 'CachedViewsDataset', 'ViewCyclingSampler', 'FewShotDataset', 'HoldoutDataset',
-    'SubsetDataset', 'CLIPImageNet', 'read_class_names', 'check_class_names', 'PROMPT_TEMPLATES',
-    'get_templates'
+    'CoOpUCF101', 'CoOpFGVCAircraft', 'AugmentedViewsDataset',
+    'CachedViewsDataset', 'ViewCyclingSampler', 'FewShotDataset',
+    'HoldoutDataset', 'SubsetDataset', 'CLIPImageNet', 'read_class_names',
+    'check_class_names', 'PROMPT_TEMPLATES', 'get_templates'
 ]

@@ -111,7 +111,8 @@ class CoOpSplitDataset(_LayoutMixin, BaseDataset):
                            f'it has {sorted(splits)}.')
         self._metainfo['classes'] = self.class_names(splits)
         data_list = [
-            dict(img_path=osp.join(self.img_prefix, path), gt_label=int(label))
+            dict(
+                img_path=osp.join(self.img_prefix, path), gt_label=int(label))
             for path, label, _ in splits[self.split]
         ]
         self.check_first_image(data_list)
@@ -119,10 +120,14 @@ class CoOpSplitDataset(_LayoutMixin, BaseDataset):
 
 
 def _coop(name: str, image_dir: str, split_file: str, doc: str):
-    cls = type(name, (CoOpSplitDataset, ), dict(
-        IMAGE_DIR=image_dir, SPLIT_FILE=split_file,
-        __doc__=f'{doc} with CoOp\'s split: images under '
-        f'``<data_root>/{image_dir}``, split ``<data_root>/{split_file}``.'))
+    cls = type(
+        name, (CoOpSplitDataset, ),
+        dict(
+            IMAGE_DIR=image_dir,
+            SPLIT_FILE=split_file,
+            __doc__=f'{doc} with CoOp\'s split: images under '
+            f'``<data_root>/{image_dir}``, split ``<data_root>/{split_file}``.'
+        ))
     return DATASETS.register_module(name=name, module=cls)
 
 
@@ -139,7 +144,8 @@ CoOpFlowers102 = _coop('CoOpFlowers102', 'oxford_flowers/jpg',
                        'oxford_flowers/split_zhou_OxfordFlowers.json',
                        'Oxford Flowers 102 (102 classes)')
 CoOpFood101 = _coop('CoOpFood101', 'food-101/images',
-                    'food-101/split_zhou_Food101.json', 'Food-101 (101 classes)')
+                    'food-101/split_zhou_Food101.json',
+                    'Food-101 (101 classes)')
 CoOpSUN397 = _coop('CoOpSUN397', 'sun397/SUN397',
                    'sun397/split_zhou_SUN397.json', 'SUN397 (397 classes)')
 CoOpDTD = _coop('CoOpDTD', 'dtd/images',
@@ -205,9 +211,10 @@ class CoOpFGVCAircraft(_LayoutMixin, BaseDataset):
                     raise ValueError(
                         f'{self.ann_file}:{line_no}: variant {variant!r} is '
                         f'not in {variants_file}.')
-                data_list.append(dict(
-                    img_path=osp.join(self.img_prefix, f'{image_id}.jpg'),
-                    gt_label=label_of[variant]))
+                data_list.append(
+                    dict(
+                        img_path=osp.join(self.img_prefix, f'{image_id}.jpg'),
+                        gt_label=label_of[variant]))
         self._metainfo['classes'] = tuple(classes)
         self.check_first_image(data_list)
         return data_list

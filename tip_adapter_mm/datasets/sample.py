@@ -5,7 +5,7 @@ from mmengine.dataset import BaseDataset
 
 
 def check_mmengine_dataset(dataset: Any, wrapper: str) -> BaseDataset:
-    """Raise a clear error unless ``dataset`` is an MMEngine ``BaseDataset``."""
+    """Raise a clear error unless ``dataset`` is an MMEngine dataset."""
     if not isinstance(dataset, BaseDataset):
         raise TypeError(
             f'{wrapper} wraps an MMEngine/MMPretrain dataset (a subclass of '
@@ -14,7 +14,8 @@ def check_mmengine_dataset(dataset: Any, wrapper: str) -> BaseDataset:
     return dataset
 
 
-def load_sample(dataset: BaseDataset, index: int,
+def load_sample(dataset: BaseDataset,
+                index: int,
                 sample_idx: Optional[int] = None) -> dict:
     """Run ``dataset``'s pipeline on its ``index``-th item.
 

@@ -56,8 +56,9 @@ class ViewCyclingSampler:
         view = self.epoch % self.dataset.num_views
         indices = [view * images + i for i in order]
         if self.round_up:
-            indices = (indices *
-                       int(self.total_size / len(indices) + 1))[:self.total_size]
+            indices = (
+                indices *
+                int(self.total_size / len(indices) + 1))[:self.total_size]
         return iter(indices[self.rank:self.total_size:self.world_size])
 
     def __len__(self) -> int:

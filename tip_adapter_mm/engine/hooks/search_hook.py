@@ -85,8 +85,9 @@ class HyperparameterSearchHook(Hook):
             'final_searched.pth',
             save_optimizer=False,
             save_param_scheduler=False)
-        runner.logger.info('Saved the searched model to '
-                           f'{osp.join(runner.work_dir, "final_searched.pth")}')
+        runner.logger.info(
+            'Saved the searched model to '
+            f'{osp.join(runner.work_dir, "final_searched.pth")}')
 
     def before_val(self, runner) -> None:
         if not self._training:
@@ -130,8 +131,8 @@ class HyperparameterSearchHook(Hook):
                            f'needs `{self.split}_dataloader` in the config.')
         loader_cfg['sampler'] = dict(type='DefaultSampler', shuffle=False)
         loader = runner.build_dataloader(loader_cfg, seed=runner.seed)
-        store = FeatureStore(self.cache_dir or osp.join(
-            runner.work_dir, 'feature_cache'))
+        store = FeatureStore(
+            self.cache_dir or osp.join(runner.work_dir, 'feature_cache'))
         description = dict(
             kind='features',
             encoder=encoder_description(runner),

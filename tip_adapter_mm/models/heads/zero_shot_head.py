@@ -50,6 +50,6 @@ class ZeroShotCacheHead(BaseCacheHead):
         """``(B, C) -> (B, N)`` zero-shot logits."""
         if not self.has_zero_shot_weights:
             raise RuntimeError(
-                f'{type(self).__name__} has no zero_shot_weights yet: they are built '
-                'by BuildCacheHook, or loaded from a checkpoint.')
+                f'{type(self).__name__} has no zero_shot_weights yet: they '
+                'are built by BuildCacheHook, or loaded from a checkpoint.')
         return self.clip_logit_scale * feats @ self.zero_shot_weights
