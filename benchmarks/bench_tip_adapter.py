@@ -27,7 +27,6 @@ Usage (defaults: about 1.5 minutes on an idle 2-core CPU)::
 """
 import argparse
 import gc
-import json
 import os
 import os.path as osp
 import platform
@@ -42,9 +41,10 @@ from multiprocessing import get_context
 from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
+from common import (REPO, add_model_args, add_out_arg, cpu_model, new_parser,
+                    write_clip_model, write_json)
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
@@ -56,7 +56,6 @@ from tip_adapter_mm.datasets.few_shot import FewShotDataset
 from tip_adapter_mm.engine import extract_features, grid_search
 from tip_adapter_mm.models.heads.tip_adapter_head import TipAdapterHead
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PIPELINES = osp.join(REPO, 'configs', '_base_', 'datasets', 'pipelines.py')
 MODEL_NAME = 'TipAdapterBench-ViT'
 TARGETS = dict(cache_ratio=0.95, search_speedup=20.0, test_overhead=0.03)
@@ -67,28 +66,19 @@ SPREAD = dict(text=2.0, image=4.0)
 
 # -- arguments and machine ----------------------------------------------------
 def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = new_parser(__doc__)
     add = parser.add_argument
     add('--device', default='cpu', help="'cpu' or 'cuda'")
-    add('--out', default=osp.join(REPO, 'benchmarks', 'results',
-                                  'bench_tip_adapter.json'),
-        help='where to write the JSON results')
+    add_out_arg(parser, 'bench_tip_adapter.json')
     add('--repeats', type=int, default=5,
         help='timed repetitions of each method (after one warm-up)')
     add('--seed', type=int, default=0, help='seed of weights and data')
     add('--threads', type=int, default=0,
         help="torch CPU threads of this process (0: torch's default)")
-    model = parser.add_argument_group('model (random open_clip ViT)')
-    model.add_argument('--vision-width', type=int, default=384,
-                       help='width of the vision transformer')
-    model.add_argument('--vision-layers', type=int, default=6,
-                       help='depth of the vision transformer')
-    model.add_argument('--patch-size', type=int, default=32,
-                       help='patch size (input is 224x224)')
-    model.add_argument('--embed-dim', type=int, default=256,
-                       help='dimension C of the CLIP embedding')
+    add_model_args(parser, 'model (random open_clip ViT)', width=384,
+                   layers=6, embed_dim=256,
+                   patch_help='patch size (input is 224x224)',
+                   embed_help='dimension C of the CLIP embedding')
     data = parser.add_argument_group('data (generated JPEGs)')
     data.add_argument('--num-classes', type=int, default=16,
                       help='N, classes of the few-shot set')
@@ -130,13 +120,7 @@ def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
 
 def machine_info(device: torch.device) -> dict:
     """CPU model, core count, library versions and accelerator."""
-    cpu = platform.processor() or 'unknown'
-    with open('/proc/cpuinfo') as f:
-        for line in f:
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
-    info = dict(cpu=cpu, cores=os.cpu_count(),
+    info = dict(cpu=cpu_model(), cores=os.cpu_count(),
                 torch_threads=torch.get_num_threads(),
                 torch=torch.__version__, python=platform.python_version(),
                 device=str(device))
@@ -166,27 +150,6 @@ def other_cpu_share(start: Tuple[float, float], wall: float) -> float:
 
 
 # -- model and data -----------------------------------------------------------
-def write_clip_model(root: str, args: argparse.Namespace) -> dict:
-    """Save an open_clip config and random weights; return backbone kwargs."""
-    config = dict(
-        embed_dim=args.embed_dim,
-        vision_cfg=dict(image_size=224, layers=args.vision_layers,
-                        width=args.vision_width,
-                        head_width=min(64, args.vision_width),
-                        patch_size=args.patch_size),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1,
-                      layers=1))
-    config_file = osp.join(root, f'{MODEL_NAME}.json')
-    with open(config_file, 'w') as f:
-        json.dump(config, f)
-    open_clip.add_model_config(config_file)
-    torch.manual_seed(args.seed)
-    weights = osp.join(root, 'weights.pt')
-    torch.save(open_clip.create_model(MODEL_NAME).state_dict(), weights)
-    return dict(model_name=MODEL_NAME, pretrained=weights,
-                model_config_file=config_file)
-
-
 def write_jpeg(job: Tuple[str, int, Tuple[int, int]]) -> None:
     """A smooth random colour field with noise, saved as a JPEG."""
     path, seed, size = job
@@ -633,7 +596,8 @@ def main(argv: Sequence[str] = None) -> dict:
     try:
         start, cpu_start = time.perf_counter(), cpu_seconds()
         machine = machine_info(device)
-        clip = write_clip_model(root, args)
+        clip = write_clip_model(root, args, model_name=MODEL_NAME,
+                                seed=args.seed, text_width=64, text_heads=1)
         classes = generate_images(root, args)
         model = build_model(clip, args.num_classes, device)
         model.build_zero_shot_weights(classes)
@@ -650,9 +614,7 @@ def main(argv: Sequence[str] = None) -> dict:
         shutil.rmtree(root, ignore_errors=True)
     print(markdown_table(results))
     print(f"\nTotal {results['total_seconds']:.0f} s; JSON: {args.out}")
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(results, f, indent=2)
+    write_json(args.out, results)
     return results
 
 

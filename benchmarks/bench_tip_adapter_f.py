@@ -49,9 +49,10 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from common import (REPO, add_model_args, add_out_arg, cpu_model, new_parser,
+                    write_clip_model, write_json)
 from PIL import Image
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BASE = osp.join(REPO, 'configs', '_base_')
 TRAIN = osp.join(REPO, 'tools', 'train.py')
 MODEL_NAME = 'TipFBench-ViT'
@@ -67,29 +68,20 @@ BEST_RE = re.compile(r'Loading the best epoch on validation: .*epoch_(\d+)')
 # -- arguments and machine ----------------------------------------------------
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line arguments."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = new_parser(__doc__)
     add = parser.add_argument
     add('--seeds', type=int, nargs='+', default=[1, 2, 3],
         help='few-shot seeds (fewshot_dataloader.dataset.seed, and the '
         'runner seed); one run per path and seed')
-    add('--out', default=osp.join(REPO, 'benchmarks', 'results',
-                                  'bench_tip_adapter_f.json'),
-        help='where to write the JSON results')
+    add_out_arg(parser, 'bench_tip_adapter_f.json')
     add('--keep', action='store_true',
         help='keep the temporary directory (printed) with data and work dirs')
     add('--data-seed', type=int, default=0,
         help='seed of the random weights and the generated images')
-    model = parser.add_argument_group('model (random open_clip ViT, 224 px)')
-    model.add_argument('--vision-width', type=int, default=128,
-                       help='width of the vision transformer')
-    model.add_argument('--vision-layers', type=int, default=2,
-                       help='depth of the vision transformer')
-    model.add_argument('--patch-size', type=int, default=32,
-                       help='patch size of the vision transformer')
-    model.add_argument('--embed-dim', type=int, default=64,
-                       help='dimension of the CLIP embedding')
+    model = add_model_args(
+        parser, 'model (random open_clip ViT, 224 px)', width=128, layers=2,
+        embed_dim=64, patch_help='patch size of the vision transformer',
+        embed_help='dimension of the CLIP embedding')
     model.add_argument('--clip-logit-scale', type=float, default=1.0,
                        help='model.head.clip_logit_scale. The random text '
                        'tower makes the zero-shot logits noise; at CLIP\'s '
@@ -147,13 +139,7 @@ def machine_info() -> dict:
     import mmengine
     import open_clip
     import torch
-    cpu = platform.processor() or 'unknown'
-    with open('/proc/cpuinfo') as f:
-        for line in f:
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
-    return dict(cpu=cpu, cores=os.cpu_count(), torch=torch.__version__,
+    return dict(cpu=cpu_model(), cores=os.cpu_count(), torch=torch.__version__,
                 torch_default_threads=torch.get_num_threads(),
                 mmengine=mmengine.__version__,
                 open_clip=open_clip.__version__,
@@ -162,30 +148,6 @@ def machine_info() -> dict:
 
 
 # -- model and data -----------------------------------------------------------
-def write_clip_model(root: str, args: argparse.Namespace) -> dict:
-    """Save an open_clip architecture file and random weights; return the
-    backbone / text-encoder kwargs of the configs."""
-    import open_clip
-    import torch
-    arch = dict(
-        embed_dim=args.embed_dim,
-        vision_cfg=dict(image_size=224, layers=args.vision_layers,
-                        width=args.vision_width,
-                        head_width=min(64, args.vision_width),
-                        patch_size=args.patch_size),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2,
-                      layers=1))
-    arch_file = osp.join(root, f'{MODEL_NAME}.json')
-    with open(arch_file, 'w') as f:
-        json.dump(arch, f)
-    open_clip.add_model_config(arch_file)
-    torch.manual_seed(args.data_seed)
-    weights = osp.join(root, 'weights.pt')
-    torch.save(open_clip.create_model(MODEL_NAME).state_dict(), weights)
-    return dict(model_name=MODEL_NAME, pretrained=weights,
-                model_config_file=arch_file)
-
-
 def noisy_image(rng: np.random.Generator, mean: np.ndarray,
                 args: argparse.Namespace) -> Image.Image:
     """The class colour, jittered per image, over a smooth random colour
@@ -508,7 +470,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     root = tempfile.mkdtemp(prefix='bench_tip_f_')
     try:
-        clip = write_clip_model(root, args)
+        clip = write_clip_model(root, args, model_name=MODEL_NAME,
+                                seed=args.data_seed, text_width=32,
+                                text_heads=2)
         generate_dataset(osp.join(root, 'data'), args)
         configs = write_configs(root, clip, osp.join(root, 'data'), args)
         runs = []
@@ -545,9 +509,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     result = dict(machine=machine, args=vars(args), runs=runs,
                   summary=summary,
                   configs=dict(fast=fast_cfg, reencode=reencode_cfg))
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(result, f, indent=2)
+    write_json(args.out, result)
     print(f'\nWrote {args.out}')
     return result
 
