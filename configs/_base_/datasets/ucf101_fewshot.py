@@ -1,9 +1,8 @@
 # UCF101, CoOp's train/val/test split (data_root holds the dataset folders).
 # The row of SPEC section 3: prompts, search scale, initial alpha, epochs.
-_base_ = ['./pipelines.py']
+_base_ = ['./coop_fewshot.py']
 
 dataset_type = 'CoOpUCF101'
-data_root = 'data'
 
 num_classes = 101
 templates = 'ucf101'  # tip_adapter_mm/datasets/templates.py
@@ -11,38 +10,6 @@ search_scale = (7, 3)  # (beta, alpha)
 init_alpha = 3
 f_epochs = 20  # Tip-Adapter-F epochs
 
-fewshot_dataloader = dict(
-    batch_size=256,
-    num_workers=8,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type='FewShotDataset',
-        num_shots=16,
-        seed=1,
-        dataset=dict(
-            type=dataset_type,
-            data_root=data_root,
-            split='train',
-            pipeline={{_base_.train_pipeline}})))
-
-val_dataloader = dict(
-    batch_size=256,
-    num_workers=8,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        split='val',
-        pipeline={{_base_.test_pipeline}}))
-val_evaluator = dict(type='Accuracy', topk=(1, 5))
-
-test_dataloader = dict(
-    batch_size=256,
-    num_workers=8,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        split='test',
-        pipeline={{_base_.test_pipeline}}))
-test_evaluator = val_evaluator
+fewshot_dataloader = dict(dataset=dict(dataset=dict(type=dataset_type)))
+val_dataloader = dict(dataset=dict(type=dataset_type))
+test_dataloader = dict(dataset=dict(type=dataset_type))
