@@ -108,7 +108,7 @@ def test_classifier_features_are_normalised_raw_features(tiny_clip):
         backbone=dict(type='OpenCLIPVisualBackbone', **tiny_clip),
         head=dict(type='TipAdapterHead', num_classes=3))
     x = torch.randn(3, 3, 224, 224)
-    raw = model.encode_image(x)
+    (raw, ) = model.encode_image(x)
     (normed, ) = model.extract_feat(x)
     torch.testing.assert_close(normed, F.normalize(raw, dim=-1))
     assert model.data_preprocessor.to_rgb

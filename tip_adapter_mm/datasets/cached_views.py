@@ -19,8 +19,9 @@ class CachedViewsDataset:
 
     Args:
         views_file (str, optional): The ``views_<key>.pth`` file of the
-            feature store, with ``feats`` ``(V * S, C)`` and ``labels``
-            ``(V * S,)``. :class:`FewShotRunner` fills it in when None.
+            feature store, with ``feats`` ``(V * S, C)`` (and
+            ``second_feats`` ``(V * S, C2)`` with a second visual encoder:
+            items are then the tuple of both) and ``labels`` ``(V * S,)``. :class:`FewShotRunner` fills it in when None.
         num_views (int, optional): V. :class:`FewShotRunner` fills it in.
         classes (sequence of str, optional): Class names, for
             ``metainfo``.
@@ -36,23 +37,28 @@ class CachedViewsDataset:
                 'FewShotRunner (runner_type) sets them after building the '
                 'cache. Use it, or give both explicitly.')
         data = torch.load(views_file, map_location='cpu', weights_only=True)
-        self.feats = data['feats'].float()
+        # One tensor per visual encoder ('feats', 'second_feats').
+        self.feats = tuple(data[key].float()
+                           for key in ('feats', 'second_feats')
+                           if key in data)
         self.labels = data['labels'].long()
         self.num_views = int(num_views)
-        if len(self.feats) % self.num_views:
+        if len(self.labels) % self.num_views:
             raise ValueError(
-                f'{views_file} holds {len(self.feats)} features, not a '
+                f'{views_file} holds {len(self.labels)} features, not a '
                 f'multiple of num_views={self.num_views}.')
-        self.num_images = len(self.feats) // self.num_views
+        self.num_images = len(self.labels) // self.num_views
         self.metainfo = dict(classes=tuple(classes or ()))
 
     def full_init(self) -> None:
         """Nothing to do: the features are loaded in ``__init__``."""
 
     def __len__(self) -> int:
-        return len(self.feats)
+        return len(self.labels)
 
     def __getitem__(self, idx: int) -> dict:
         sample = DataSample().set_gt_label(int(self.labels[idx]))
         sample.set_metainfo(dict(sample_idx=int(idx)))
-        return dict(inputs=self.feats[idx], data_samples=sample)
+        inputs = tuple(f[idx] for f in self.feats)
+        return dict(inputs=inputs[0] if len(inputs) == 1 else inputs,
+                    data_samples=sample)

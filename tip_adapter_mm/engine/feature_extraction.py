@@ -8,6 +8,17 @@ from mmengine.utils import ProgressBar
 from torch.utils.data import DataLoader
 
 
+#: Keys of the features of each visual encoder in the dicts below, in the
+#: order of ``model.encode_image``'s outputs.
+FEATURE_KEYS = ('feats', 'second_feats')
+
+
+def feature_sets(data: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    """The features of a dict from :func:`extract_features`, one tensor per
+    visual encoder."""
+    return tuple(data[key] for key in FEATURE_KEYS if key in data)
+
+
 @torch.no_grad()
 def extract_features(model: torch.nn.Module,
                      dataloader: DataLoader) -> Dict[str, torch.Tensor]:
@@ -23,7 +34,8 @@ def extract_features(model: torch.nn.Module,
 
     Returns:
         ``feats`` ``(S, C)`` float32 and ``labels`` ``(S,)`` int64 on CPU,
-        where ``S = len(dataloader.dataset)``.
+        where ``S = len(dataloader.dataset)``; with a second visual encoder
+        also ``second_feats`` ``(S, C2)``.
     """
     rank, world_size = get_dist_info()
     size = len(dataloader.dataset)
@@ -32,7 +44,8 @@ def extract_features(model: torch.nn.Module,
     for data in dataloader:
         data = model.data_preprocessor(data, False)
         samples = data['data_samples']
-        feats.append(model.encode_image(data['inputs']).cpu())
+        feats.append(tuple(f.cpu() for f in model.encode_image(
+            data['inputs'])))
         indices.append(torch.tensor([s.sample_idx for s in samples]))
         labels.append(torch.cat([s.gt_label for s in samples]).cpu())
         if progress is not None:
@@ -40,7 +53,8 @@ def extract_features(model: torch.nn.Module,
                 min(len(samples) * world_size, size - progress.completed))
     if progress is not None:
         progress.file.write('\n')
-    shard = (torch.cat(indices), torch.cat(feats), torch.cat(labels))
+    shard = (torch.cat(indices), torch.cat(labels),
+             *(torch.cat(f) for f in zip(*feats)))
     shards = all_gather_object(shard) if world_size > 1 else [shard]
     index = torch.cat([s[0] for s in shards])
     order = torch.argsort(index, stable=True)
@@ -52,9 +66,10 @@ def extract_features(model: torch.nn.Module,
         raise RuntimeError(
             f'Gathered features cover {len(index)} distinct samples of '
             f'{size}; every sample must be encoded exactly once.')
-    return dict(
-        feats=torch.cat([s[1] for s in shards])[order][keep],
-        labels=torch.cat([s[2] for s in shards])[order][keep])
+    out = dict(labels=torch.cat([s[1] for s in shards])[order][keep])
+    for i, key in enumerate(FEATURE_KEYS[:len(shard) - 2]):
+        out[key] = torch.cat([s[2 + i] for s in shards])[order][keep]
+    return out
 
 
 def dataset_fingerprint(dataset) -> Tuple[int, str]:

@@ -1,11 +1,16 @@
 """Grid search of a cache head's hyperparameters on held-out features."""
 import json
 import os.path as osp
-from dataclasses import dataclass
-from typing import Dict, List
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
 import torch
+
+from ..models.heads.base_cache_head import SearchStage
+
+
+Features = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
 
 @dataclass
@@ -13,17 +18,22 @@ class SearchResult:
     """Outcome of :func:`grid_search`.
 
     Attributes:
-        best: The chosen value per hyperparameter, e.g. ``{'beta', 'alpha'}``.
+        best: The chosen value per hyperparameter, e.g. ``{'beta', 'alpha'}``
+            (of all stages).
         accuracy: Top-1 accuracy (%) at ``best``.
-        grid: The searched values per hyperparameter, outermost first.
+        grid: The searched values per hyperparameter, outermost first (of
+            the last stage).
         accuracy_grid: Top-1 accuracy (%) at every point, shaped like grid.
-        num_samples: Number of features searched on.
+        num_samples: Number of samples searched on.
+        stages: The result of each stage, when the head searches in more
+            than one (:meth:`BaseCacheHead.search_stages`); else empty.
     """
     best: Dict[str, float]
     accuracy: float
     grid: Dict[str, torch.Tensor]
     accuracy_grid: torch.Tensor
     num_samples: int
+    stages: List['SearchResult'] = field(default_factory=list)
 
     def top(self, k: int = 5) -> List[Dict[str, float]]:
         """The ``k`` best points, best first (first-in-grid wins ties)."""
@@ -39,44 +49,43 @@ class SearchResult:
         return rows
 
     def to_dict(self) -> dict:
-        return dict(
+        out = dict(
             best=self.best,
             accuracy=self.accuracy,
             num_samples=self.num_samples,
             grid={n: g.tolist() for n, g in self.grid.items()},
             accuracy_grid=self.accuracy_grid.tolist(),
             top5=self.top(5))
+        if self.stages:
+            out['stages'] = [stage.to_dict() for stage in self.stages]
+        return out
+
+
+def _chunk(feats: Features, start: int, stop: int) -> Features:
+    if isinstance(feats, torch.Tensor):
+        return feats[start:stop]
+    return tuple(f[start:stop] for f in feats)
 
 
 @torch.no_grad()
-def grid_search(head,
-                feats: torch.Tensor,
-                labels: torch.Tensor,
-                chunk_size: int = 4096,
-                max_elements: int = 2**26) -> SearchResult:
-    """Top-1 accuracy of ``head`` at every point of ``head.search_grid()``.
-
-    Vectorised over the grid by ``head.count_correct``; the features are
-    visited ``chunk_size`` at a time, so memory is bounded by the chunk and
-    ``max_elements``, not by the number of samples times the cache size.
-    The best point is the first maximum in grid order (outermost
-    hyperparameter first), as the reference double loop picks it.
-
-    Args:
-        head: A :class:`BaseCacheHead` with its cache built.
-        feats: L2-normalised features ``(M, C)`` on the head's device.
-        labels: ``(M,)``.
-    """
-    grid = head.search_grid()
+def search_stage(stage: SearchStage,
+                 feats: Features,
+                 labels: torch.Tensor,
+                 chunk_size: int = 4096,
+                 max_elements: int = 2**26) -> SearchResult:
+    """Top-1 accuracy at every point of one stage's grid (see
+    :func:`grid_search`)."""
+    grid = stage.grid
     shape = tuple(len(g) for g in grid.values())
     correct = torch.zeros(shape, dtype=torch.int64)
-    for start in range(0, len(feats), chunk_size):
+    for start in range(0, len(labels), chunk_size):
         stop = start + chunk_size
-        correct += head.count_correct(feats[start:stop], labels[start:stop],
-                                      max_elements).cpu()
+        correct += stage.count_correct(
+            _chunk(feats, start, stop), labels[start:stop],
+            max_elements).cpu()
     best_flat = int(torch.argmax(correct.flatten()))
     best_idx = np.unravel_index(best_flat, shape)
-    accuracy_grid = correct.double() * 100.0 / max(len(feats), 1)
+    accuracy_grid = correct.double() * 100.0 / max(len(labels), 1)
     best = {name: float(values[i])
             for (name, values), i in zip(grid.items(), best_idx)}
     return SearchResult(
@@ -84,21 +93,90 @@ def grid_search(head,
         accuracy=float(accuracy_grid.flatten()[best_flat]),
         grid=dict(grid),
         accuracy_grid=accuracy_grid,
-        num_samples=len(feats))
+        num_samples=len(labels))
+
+
+@torch.no_grad()
+def grid_search(head,
+                feats: Features,
+                labels: torch.Tensor,
+                chunk_size: int = 4096,
+                max_elements: int = 2**26) -> SearchResult:
+    """Top-1 accuracy of ``head`` at every point of its search grid.
+
+    Vectorised over the grid by the head's ``count_correct``; the features
+    are visited ``chunk_size`` at a time, so memory is bounded by the chunk
+    and ``max_elements``, not by the number of samples times the cache size.
+    The best point is the first maximum in grid order (outermost
+    hyperparameter first), as the reference double loop picks it. A head
+    that searches in stages (:meth:`BaseCacheHead.search_stages`) has each
+    stage's best applied before the next stage is searched; its
+    hyperparameters are restored afterwards (the caller applies ``best``).
+
+    Args:
+        head: A :class:`BaseCacheHead` with its cache built.
+        feats: L2-normalised features ``(M, C)`` on the head's device, or
+            one such tensor per visual encoder for heads that take several.
+        labels: ``(M,)``.
+    """
+    stages = head.search_stages()
+    if len(stages) == 1:
+        return search_stage(stages[0], feats, labels, chunk_size,
+                            max_elements)
+    before, searched = head.hyperparameters, head.searched
+    results = []
+    try:
+        for stage in stages:
+            result = search_stage(stage, feats, labels, chunk_size,
+                                  max_elements)
+            head.set_hyperparameters(searched=False, **result.best)
+            results.append(result)
+    finally:
+        head.set_hyperparameters(searched=searched, **before)
+    best = {}
+    for result in results:
+        best.update(result.best)
+    last = results[-1]
+    return SearchResult(best=best, accuracy=last.accuracy, grid=last.grid,
+                        accuracy_grid=last.accuracy_grid,
+                        num_samples=last.num_samples, stages=results)
 
 
 def save_search_report(result: SearchResult, out_dir: str,
                        name: str = 'hyperparameter_search') -> List[str]:
-    """Write ``<name>.json`` and a heatmap ``<name>.png`` to ``out_dir``."""
+    """Write ``<name>.json`` and a plot of the accuracy over the grid to
+    ``out_dir``: ``<name>.png`` (a heatmap for 2-D grids, a curve for 1-D),
+    or ``<name>_stage<i>.png`` per stage of a staged search."""
     json_path = osp.join(out_dir, f'{name}.json')
     with open(json_path, 'w') as f:
         json.dump(result.to_dict(), f, indent=2)
     paths = [json_path]
-    if result.accuracy_grid.dim() == 2:
-        from matplotlib.figure import Figure
+    stages = result.stages or [result]
+    for i, stage in enumerate(stages, 1):
+        suffix = f'_stage{i}' if result.stages else ''
+        png_path = osp.join(out_dir, f'{name}{suffix}.png')
+        if _plot(stage, png_path):
+            paths.append(png_path)
+    return paths
+
+
+def _plot(result: SearchResult, path: str) -> bool:
+    """A heatmap (2-D grid) or curve (1-D) of the accuracy; False for
+    other grids."""
+    if result.accuracy_grid.dim() not in (1, 2):
+        return False
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(8, 6))
+    ax = fig.subplots()
+    where = ', '.join(f'{n}={v:.3f}' for n, v in result.best.items())
+    if result.accuracy_grid.dim() == 1:
+        (name, values), = result.grid.items()
+        ax.plot(values.numpy(), result.accuracy_grid.numpy())
+        ax.axvline(result.best[name], color='r', linestyle='--')
+        ax.set_xlabel(name)
+        ax.set_ylabel('top-1 (%)')
+    else:
         (row_name, rows), (col_name, cols) = result.grid.items()
-        fig = Figure(figsize=(8, 6))
-        ax = fig.subplots()
         image = ax.imshow(
             result.accuracy_grid.numpy(), aspect='auto', origin='lower',
             extent=(float(cols[0]), float(cols[-1]), float(rows[0]),
@@ -107,12 +185,8 @@ def save_search_report(result: SearchResult, out_dir: str,
                 markersize=14)
         ax.set_xlabel(col_name)
         ax.set_ylabel(row_name)
-        ax.set_title(f'top-1 (%) on {result.num_samples} samples; best '
-                     f'{result.accuracy:.2f} at {row_name}='
-                     f'{result.best[row_name]:.3f}, {col_name}='
-                     f'{result.best[col_name]:.3f}')
         fig.colorbar(image, ax=ax, label='top-1 (%)')
-        png_path = osp.join(out_dir, f'{name}.png')
-        fig.savefig(png_path, dpi=100, bbox_inches='tight')
-        paths.append(png_path)
-    return paths
+    ax.set_title(f'top-1 (%) on {result.num_samples} samples; best '
+                 f'{result.accuracy:.2f} at {where}')
+    fig.savefig(path, dpi=100, bbox_inches='tight')
+    return True

@@ -9,21 +9,28 @@ from mmpretrain.registry import MODELS
 class FeatureOrImageDataPreprocessor(ClsDataPreprocessor):
     """:class:`ClsDataPreprocessor` for images; features pass through.
 
-    A batch whose inputs are 1-D per sample (features ``(C,)`` from
-    :class:`CachedViewsDataset`) is stacked to ``(B, C)`` float and left
-    unnormalised; image batches get MMPretrain's usual treatment (BGR to
-    RGB, CLIP mean/std).
+    A batch whose inputs are features (from :class:`CachedViewsDataset`)
+    is stacked and left unnormalised: ``(C,)`` per sample gives ``(B, C)``;
+    a tuple ``((C,), (C2,))`` per sample (two visual encoders) gives the
+    tuple ``((B, C), (B, C2))``. Image batches get MMPretrain's usual
+    treatment (BGR to RGB, mean/std).
     """
 
     def forward(self, data: dict, training: bool = False) -> dict:
         inputs = data['inputs']
-        first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
-        is_features = (first.dim() == 1 if isinstance(inputs, (list, tuple))
-                       else inputs.dim() == 2)
-        if not is_features:
-            return super().forward(data, training)
-        if isinstance(inputs, (list, tuple)):
-            inputs = torch.stack(list(inputs))
-        data = self.cast_data(dict(data, inputs=inputs.float()))
+        if isinstance(inputs, (list, tuple)) and isinstance(
+                inputs[0], (list, tuple)):
+            # pseudo_collate of per-sample tuples: one list per encoder
+            inputs = tuple(torch.stack(list(f)).float() for f in inputs)
+        else:
+            first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+            is_features = (first.dim() == 1 if isinstance(
+                inputs, (list, tuple)) else inputs.dim() == 2)
+            if not is_features:
+                return super().forward(data, training)
+            if isinstance(inputs, (list, tuple)):
+                inputs = torch.stack(list(inputs))
+            inputs = inputs.float()
+        data = self.cast_data(dict(data, inputs=inputs))
         return dict(inputs=data['inputs'],
                     data_samples=data.get('data_samples'))

@@ -1,5 +1,6 @@
 # Training-free Tip-Adapter: build the cache, search (beta, alpha) on the
 # validation split, evaluate. Nothing is trained.
+runner_type = 'FewShotRunner'  # loads init_cfg weights before encoding
 val_cfg = dict()
 test_cfg = dict()
 

@@ -9,7 +9,8 @@ from mmengine.model import is_model_wrapper
 
 from mmpretrain.registry import DATASETS, HOOKS
 from ...datasets.class_names import check_class_names
-from ..feature_extraction import dataset_fingerprint, extract_features
+from ..feature_extraction import (dataset_fingerprint, extract_features,
+                                  feature_sets)
 from ..feature_store import FeatureStore, describe_checkpoint
 
 
@@ -17,15 +18,42 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
+#: Model config keys that determine the visual features.
+ENCODER_KEYS = ('backbone', 'neck', 'second_backbone', 'second_neck',
+                'second_mean', 'second_std', 'data_preprocessor')
+
+
+def _describe_weights(module_cfg):
+    """A module config with each local weight file (``pretrained``,
+    ``init_cfg.checkpoint``) replaced by its size and mtime."""
+    if not isinstance(module_cfg, dict):
+        return module_cfg
+    module_cfg = dict(module_cfg)
+    if 'pretrained' in module_cfg:
+        module_cfg['pretrained'] = describe_checkpoint(
+            module_cfg['pretrained'])
+    init_cfg = module_cfg.get('init_cfg')
+    if init_cfg is not None:
+        init_cfgs = init_cfg if isinstance(init_cfg, list) else [init_cfg]
+        module_cfg['init_cfg'] = [
+            dict(c, checkpoint=describe_checkpoint(c['checkpoint']))
+            if isinstance(c, dict) and 'checkpoint' in c else c
+            for c in init_cfgs
+        ]
+    return module_cfg
+
+
 def encoder_description(runner) -> dict:
-    """What determines the visual features besides the data: the backbone
-    and preprocessor configs, with a local checkpoint's size and mtime."""
+    """What determines the visual features besides the data: the configs
+    of the visual encoder(s) and the preprocessor, with each local weight
+    file's size and mtime."""
     model_cfg = copy.deepcopy(dict(runner.cfg.get('model') or {}))
-    backbone = dict(model_cfg.get('backbone') or {})
-    if 'pretrained' in backbone:
-        backbone['pretrained'] = describe_checkpoint(backbone['pretrained'])
-    return dict(backbone=backbone,
-                data_preprocessor=model_cfg.get('data_preprocessor'))
+    description = {
+        key: _describe_weights(model_cfg.get(key))
+        for key in ENCODER_KEYS if model_cfg.get(key) is not None
+    }
+    description.setdefault('data_preprocessor', None)
+    return description
 
 
 @HOOKS.register_module()
@@ -125,11 +153,15 @@ class BuildCacheHook(Hook):
         labels = views['labels'].view(self.augment_epoch, len(fewshot))
         if not torch.equal(labels, labels[:1].expand_as(labels)):
             raise RuntimeError('Augmented views disagree on labels.')
-        feats = views['feats'].view(self.augment_epoch, len(fewshot), -1)
         device = head.cache_values.device
-        head.build_cache(feats.to(device), labels[0].to(device))
+        feats = tuple(
+            f.view(self.augment_epoch, len(fewshot), -1).to(device)
+            for f in feature_sets(views))
+        head.build_cache(feats[0] if len(feats) == 1 else feats,
+                         labels[0].to(device))
+        dims = ' and '.join(str(f.shape[-1]) for f in feats)
         runner.logger.info(
-            f'Cache model: {len(fewshot)} keys of dim {feats.shape[-1]}, '
+            f'Cache model: {len(fewshot)} keys of dim {dims}, '
             f'{head.num_classes} classes, {self.augment_epoch} augmented '
             'views averaged.')
 

@@ -29,6 +29,12 @@ class FewShotRunner(Runner):
        recipe. Without it, ``train_dataloader.batch_size`` is per process,
        as in MMEngine.
 
+    3. Pretrained weights given through ``init_cfg`` (MMPretrain
+       backbones) are loaded before anything is encoded: before the cache
+       is built, and at the start of ``val()``/``test()`` when no
+       checkpoint is loaded (training-free evaluation), where MMEngine's
+       Runner would not initialise the model at all.
+
     Select it with ``runner_type = 'FewShotRunner'`` in the config.
     """
 
@@ -55,8 +61,29 @@ class FewShotRunner(Runner):
     def wrap_model(self, model_wrapper_cfg: Optional[dict],
                    model: nn.Module) -> nn.Module:
         if isinstance(self._train_loop, dict) and hasattr(model, 'head'):
-            self.prepare_cache_model(model.to(get_device()))
+            model = model.to(get_device())
+            self.model = model  # what _init_model_weights initialises
+            self._init_model_weights()
+            self.prepare_cache_model(model)
         return super().wrap_model(model_wrapper_cfg, model)
+
+    def _init_model_weights(self) -> None:
+        """MMEngine's initialisation (``init_weights``, then a broadcast of
+        rank 0's weights), once: a model already initialised is left as
+        it is."""
+        model = getattr(self.model, 'module', self.model)
+        if not getattr(model, 'is_init', False):
+            super()._init_model_weights()
+
+    def val(self) -> dict:
+        if not self._load_from:
+            self._init_model_weights()
+        return super().val()
+
+    def test(self) -> dict:
+        if not self._load_from:
+            self._init_model_weights()
+        return super().test()
 
     def prepare_cache_model(self, model: nn.Module) -> None:
         hook_cfgs = [

@@ -1,56 +1,94 @@
 """An MMPretrain classifier for few-shot CLIP adaptation."""
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from mmpretrain.models.classifiers import ImageClassifier
 from mmpretrain.registry import MODELS
 from ...datasets.class_names import check_class_names
 from ...datasets.templates import get_templates
-from ..utils import build_zero_shot_weights
+from ..utils import build_zero_shot_weights, check_pretrained
 
 #: CLIP's normalisation, on the 0-255 scale of MMPretrain's preprocessor.
 CLIP_MEAN = tuple(255 * m for m in (0.48145466, 0.4578275, 0.40821073))
 CLIP_STD = tuple(255 * s for s in (0.26862954, 0.26130258, 0.27577711))
 
 
+def _last_2d(outputs, name: str, neck: str) -> torch.Tensor:
+    """The last output of an encoder, which must be ``(B, C)``."""
+    feats = outputs[-1] if isinstance(outputs, (tuple, list)) else outputs
+    if feats.dim() != 2:
+        raise ValueError(
+            f'{name} gives features of shape {tuple(feats.shape)}; the cache '
+            'needs one vector per image (B, C). Pool them with a neck, e.g. '
+            f"{neck}=dict(type='GlobalAveragePooling').")
+    return feats.float()
+
+
 @MODELS.register_module()
 class CLIPFewShotClassifier(ImageClassifier):
-    """Frozen visual encoder, L2-normalised features, a cache-model head.
+    """Frozen visual encoder(s), L2-normalised features, a cache-model head.
 
-    The head receives ``(F.normalize(backbone(x)[-1]),)``. Heads that use
-    CLIP's zero-shot classifier (``set_zero_shot_weights``) get it from
+    The visual encoder is ``backbone`` (e.g. ``OpenCLIPVisualBackbone``,
+    MMPretrain's ``VisionTransformer`` or ``ModifiedResNet`` with converted
+    CLIP weights, any MMPretrain backbone) followed by the optional
+    ``neck`` (``CLIPProjection``, ``GlobalAveragePooling``); its last
+    output must be ``(B, C)``. An optional ``second_backbone`` (+
+    ``second_neck``) is a second encoder whose features feed a second cache
+    (:class:`DualCacheTipAdapterHead`). Encoders are frozen: no gradient,
+    always in eval mode (BatchNorm statistics never move).
+
+    The head receives ``(F.normalize(f),)``, or ``(F.normalize(f),
+    F.normalize(f2))`` with a second encoder. Heads that use CLIP's
+    zero-shot classifier (``set_zero_shot_weights``) get it from
     :meth:`build_zero_shot_weights`, which builds ``text_encoder`` only for
-    the time it takes.
+    the time it takes; heads without (:class:`CacheOnlyHead`) need no text
+    tower.
 
     Args:
-        backbone (dict): Visual encoder, e.g. ``OpenCLIPVisualBackbone``.
+        backbone (dict): Visual encoder.
         head (dict): A cache-model head, e.g. ``TipAdapterHead``.
+        neck (dict, optional): After ``backbone``.
         text_encoder (dict, optional): e.g. ``OpenCLIPTextEncoder`` of the
-            same open_clip model. Needed by heads with a zero-shot term.
+            same CLIP model. Needed by heads with a zero-shot term.
         templates (str | list[str]): A name in ``PROMPT_TEMPLATES`` or a
             list of prompt templates.
         class_names (list[str], optional): Names to prompt with; by default
             the dataset's. When given, they must equal the dataset's.
         use_model_logit_scale (bool): Scale zero-shot logits by the model's
             ``logit_scale.exp()`` instead of the head's fixed 100.
+        second_backbone (dict, optional): Second visual encoder, any
+            MMPretrain backbone (weights through its ``init_cfg``).
+        second_neck (dict, optional): After ``second_backbone``.
+        second_mean, second_std (sequence of 3 floats, optional): The
+            normalisation the second encoder was trained with (0-255 scale,
+            as ``data_preprocessor``'s); the images normalised by
+            ``data_preprocessor`` are re-normalised to it. Default: the
+            second encoder sees the same input as the first.
         data_preprocessor (dict, optional): Defaults to
             :class:`FeatureOrImageDataPreprocessor` with CLIP's mean and
             std, BGR to RGB.
 
-    Inputs are images ``(B, 3, H, W)``, or raw features ``(B, C)`` already
-    encoded by this backbone (Tip-Adapter-F training on cached views), which
-    skip the backbone.
+    Inputs are images ``(B, 3, H, W)``, or raw features already encoded by
+    these encoders (Tip-Adapter-F training on cached views), which skip
+    them: ``(B, C)``, or a tuple ``((B, C), (B, C2))`` with a second
+    encoder.
     """
 
     def __init__(self,
                  backbone: dict,
                  head: dict,
+                 neck: Optional[dict] = None,
                  text_encoder: Optional[dict] = None,
                  templates: Union[str, Sequence[str]] = 'default',
                  class_names: Optional[Sequence[str]] = None,
                  use_model_logit_scale: bool = False,
+                 second_backbone: Optional[dict] = None,
+                 second_neck: Optional[dict] = None,
+                 second_mean: Optional[Sequence[float]] = None,
+                 second_std: Optional[Sequence[float]] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         if data_preprocessor is None:
@@ -61,6 +99,7 @@ class CLIPFewShotClassifier(ImageClassifier):
                 to_rgb=True)
         super().__init__(
             backbone=backbone,
+            neck=neck,
             head=head,
             data_preprocessor=data_preprocessor,
             init_cfg=init_cfg)
@@ -68,19 +107,122 @@ class CLIPFewShotClassifier(ImageClassifier):
         self.templates = get_templates(templates)
         self.class_names = tuple(class_names) if class_names else None
         self.use_model_logit_scale = use_model_logit_scale
+        self.second_backbone = (MODELS.build(second_backbone)
+                                if second_backbone else None)
+        self.second_neck = (MODELS.build(second_neck)
+                            if second_neck else None)
+        if second_neck and not second_backbone:
+            raise ValueError('model.second_neck is set but '
+                             'model.second_backbone is not.')
+        if (second_mean is None) != (second_std is None):
+            raise ValueError('Set both model.second_mean and '
+                             'model.second_std, or neither.')
+        if second_mean is not None:
+            for name, value in (('second_mean', second_mean),
+                                ('second_std', second_std)):
+                if len(value) != 3:
+                    raise ValueError(f'model.{name} needs 3 values (RGB), '
+                                     f'got {value}.')
+            self.register_buffer(
+                'second_mean',
+                torch.tensor(second_mean, dtype=torch.float32).view(3, 1, 1),
+                persistent=False)
+            self.register_buffer(
+                'second_std',
+                torch.tensor(second_std, dtype=torch.float32).view(3, 1, 1),
+                persistent=False)
+        else:
+            self.second_mean = self.second_std = None
+        wanted = getattr(self.head, 'num_feature_sets', 1)
+        if wanted != self.num_feature_sets:
+            raise ValueError(
+                f'{type(self.head).__name__} takes features of {wanted} '
+                f'visual encoder(s) but the model has '
+                f'{self.num_feature_sets}: '
+                + ('set model.second_backbone.' if wanted > 1 else
+                   'remove model.second_backbone, or use '
+                   'DualCacheTipAdapterHead.'))
+        for encoder in self.encoders:
+            encoder.requires_grad_(False)
 
-    def encode_image(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Raw visual features ``(B, C)`` of preprocessed images, or the
-        features themselves when ``inputs`` is already ``(B, C)``."""
-        if inputs.dim() == 2:
-            return inputs.float()
+    # -- visual encoders -----------------------------------------------------
+    @property
+    def encoders(self) -> List[nn.Module]:
+        """The frozen modules: backbone(s) and neck(s)."""
+        return [
+            m for m in (self.backbone, getattr(self, 'neck', None),
+                        self.second_backbone, self.second_neck)
+            if m is not None
+        ]
+
+    @property
+    def num_feature_sets(self) -> int:
+        """Visual encoders, hence feature tensors per image (1 or 2)."""
+        return 1 if self.second_backbone is None else 2
+
+    def train(self, mode: bool = True) -> 'CLIPFewShotClassifier':
+        """Train the head only; the encoders stay in eval mode."""
+        super().train(mode)
+        for encoder in self.encoders:
+            encoder.eval()
+        return self
+
+    def init_weights(self) -> None:
+        """MMEngine's initialisation, then a check that every ``Pretrained``
+        ``init_cfg`` of an encoder covered all its weights with the right
+        shapes (MMEngine only warns)."""
+        super().init_weights()
+        for name, module in (('backbone', self.backbone),
+                             ('neck', getattr(self, 'neck', None)),
+                             ('second_backbone', self.second_backbone),
+                             ('second_neck', self.second_neck)):
+            if module is not None:
+                check_pretrained(module, getattr(module, 'init_cfg', None),
+                                 f'model.{name}')
+
+    def _second_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.second_mean is None:
+            return inputs
+        pre = self.data_preprocessor
+        if getattr(pre, '_enable_normalize', False):
+            inputs = inputs * pre.std + pre.mean
+        return (inputs - self.second_mean) / self.second_std
+
+    def encode_image(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]]
+                     ) -> Tuple[torch.Tensor, ...]:
+        """Raw visual features, one ``(B, C)`` tensor per encoder.
+
+        ``inputs`` are preprocessed images ``(B, 3, H, W)``, or features
+        already encoded: ``(B, C)`` or one such tensor per encoder, which
+        are returned as they are.
+        """
+        if isinstance(inputs, (tuple, list)) or inputs.dim() == 2:
+            feats = ((inputs, ) if isinstance(inputs, torch.Tensor) else
+                     tuple(inputs))
+            if len(feats) != self.num_feature_sets:
+                raise ValueError(
+                    f'Got {len(feats)} feature tensor(s) per sample; this '
+                    f'model has {self.num_feature_sets} visual encoder(s).')
+            return tuple(f.float() for f in feats)
         with torch.no_grad():
-            return self.backbone(inputs)[-1].float()
+            x = self.backbone(inputs)
+            if self.with_neck:
+                x = self.neck(x)
+            feats = (_last_2d(x, 'model.backbone', 'model.neck'), )
+            if self.second_backbone is not None:
+                x2 = self.second_backbone(self._second_input(inputs))
+                if self.second_neck is not None:
+                    x2 = self.second_neck(x2)
+                feats += (_last_2d(x2, 'model.second_backbone',
+                                    'model.second_neck'), )
+        return feats
 
-    def extract_feat(self, inputs: torch.Tensor,
-                     stage: str = 'neck') -> Tuple[torch.Tensor]:
-        """L2-normalised visual features, as a 1-tuple of ``(B, C)``."""
-        return (F.normalize(self.encode_image(inputs), dim=-1), )
+    def extract_feat(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
+                     stage: str = 'neck') -> Tuple[torch.Tensor, ...]:
+        """L2-normalised visual features: a tuple of one ``(B, C)`` tensor
+        per encoder."""
+        return tuple(
+            F.normalize(f, dim=-1) for f in self.encode_image(inputs))
 
     @property
     def needs_zero_shot_weights(self) -> bool:

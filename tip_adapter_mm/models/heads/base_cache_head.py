@@ -1,12 +1,24 @@
 """Shared state of heads that classify with a few-shot key-value cache."""
 from collections import OrderedDict
-from typing import Dict, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from mmpretrain.models.heads import ClsHead
+
+
+class SearchStage(NamedTuple):
+    """A grid searched in one go, the other hyperparameters held fixed.
+
+    Attributes:
+        grid: Values per hyperparameter, outermost first.
+        count_correct: ``(feats, labels, max_elements) -> counts`` shaped
+            like ``grid``.
+    """
+    grid: 'OrderedDict[str, torch.Tensor]'
+    count_correct: Callable[..., torch.Tensor]
 
 
 class BaseCacheHead(ClsHead):
@@ -132,6 +144,12 @@ class BaseCacheHead(ClsHead):
     def search_grid(self) -> 'OrderedDict[str, torch.Tensor]':
         """Values searched per hyperparameter, outermost first."""
         raise NotImplementedError
+
+    def search_stages(self) -> List[SearchStage]:
+        """The grids :func:`grid_search` visits one after the other, each
+        with the hyperparameters of the others at their best so far. One
+        stage, the whole :meth:`search_grid`, unless a head splits it."""
+        return [SearchStage(self.search_grid(), self.count_correct)]
 
     def count_correct(self, feats: torch.Tensor, labels: torch.Tensor,
                       max_elements: int = 2**26) -> torch.Tensor:

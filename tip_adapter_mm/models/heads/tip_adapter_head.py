@@ -5,6 +5,7 @@ from typing import Sequence, Tuple, Union
 import torch
 
 from mmpretrain.registry import MODELS
+from .cache_model import cache_logits, count_correct_on_grid
 from .zero_shot_head import ZeroShotCacheHead
 
 
@@ -73,8 +74,9 @@ class TipAdapterHead(ZeroShotCacheHead):
 
     def cache_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """``(B, C) -> (B, N)``, at the current ``beta``."""
-        affinity = self.affinity(feats)
-        return torch.exp(-self.beta * (1 - affinity)) @ self.cache_values
+        self._require_cache()
+        return cache_logits(feats, self.cache_keys, self.cache_values,
+                            self.beta)
 
     def forward(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
         """Tip-Adapter logits ``(B, N)`` of normalised features."""
@@ -90,29 +92,9 @@ class TipAdapterHead(ZeroShotCacheHead):
     @torch.no_grad()
     def count_correct(self, feats: torch.Tensor, labels: torch.Tensor,
                       max_elements: int = 2**26) -> torch.Tensor:
+        self._require_cache()
         grid = self.search_grid()
-        betas = grid['beta'].to(feats.device, torch.float32)
-        alphas = grid['alpha'].to(feats.device, torch.float32)
-        clip_logits = self.clip_logits(feats)  # (M, N)
-        distance = 1 - self.affinity(feats)  # (M, NK)
-        num, num_keys = distance.shape
-        # Chunks of betas and alphas such that neither the affinities
-        # (b, M, NK) nor the logits (a, b, M, N) exceed max_elements.
-        beta_chunk = max(1, min(len(betas), max_elements //
-                                max(num * max(num_keys, self.num_classes),
-                                    1)))
-        alpha_chunk = max(1, min(len(alphas), max_elements //
-                                 max(beta_chunk * num * self.num_classes, 1)))
-        correct = torch.empty(len(betas), len(alphas), dtype=torch.int64)
-        for b0 in range(0, len(betas), beta_chunk):
-            beta = betas[b0:b0 + beta_chunk, None, None]  # (b, 1, 1)
-            # One (b, M, NK) temporary: exponentiate in place.
-            cache_logits = (distance * -beta).exp_() @ self.cache_values
-            for a0 in range(0, len(alphas), alpha_chunk):
-                alpha = alphas[a0:a0 + alpha_chunk, None, None, None]
-                # clip + alpha * cache without a second (a, b, M, N) tensor
-                logits = torch.addcmul(clip_logits, alpha, cache_logits)
-                hits = logits.argmax(dim=-1) == labels  # (a, b, M)
-                correct[b0:b0 + beta_chunk, a0:a0 + alpha_chunk] = hits.sum(
-                    dim=-1).t().cpu()
-        return correct
+        return count_correct_on_grid(
+            feats, self.cache_keys, self.cache_values, labels, grid['beta'],
+            grid['alpha'], base_logits=self.clip_logits(feats),
+            max_elements=max_elements)
