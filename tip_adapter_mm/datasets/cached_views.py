@@ -21,7 +21,8 @@ class CachedViewsDataset:
         views_file (str, optional): The ``views_<key>.pth`` file of the
             feature store, with ``feats`` ``(V * S, C)`` (and
             ``second_feats`` ``(V * S, C2)`` with a second visual encoder:
-            items are then the tuple of both) and ``labels`` ``(V * S,)``. :class:`FewShotRunner` fills it in when None.
+            items are then the tuple of both) and ``labels`` ``(V * S,)``.
+            :class:`FewShotRunner` fills it in when None.
         num_views (int, optional): V. :class:`FewShotRunner` fills it in.
         classes (sequence of str, optional): Class names, for
             ``metainfo``.

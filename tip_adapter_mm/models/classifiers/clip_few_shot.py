@@ -214,7 +214,7 @@ class CLIPFewShotClassifier(ImageClassifier):
                 if self.second_neck is not None:
                     x2 = self.second_neck(x2)
                 feats += (_last_2d(x2, 'model.second_backbone',
-                                    'model.second_neck'), )
+                                   'model.second_neck'), )
         return feats
 
     def extract_feat(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
