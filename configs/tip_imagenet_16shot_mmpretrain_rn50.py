@@ -1,0 +1,20 @@
+# Tip-Adapter (training-free), ImageNet, 16 shots, seed 1, with CLIP RN50's
+# visual tower as MMPretrain's ModifiedResNet (weights converted from
+# OpenAI's, see the model base). Same numbers as tip_imagenet_16shot.py.
+_base_ = [
+    './_base_/models/mmpretrain_clip_rn50.py',
+    './_base_/datasets/imagenet_fewshot.py',
+    './_base_/schedules/tip_adapter.py',
+    './_base_/default_runtime.py',
+]
+
+model = dict(
+    templates={{_base_.templates}},  # the 7 ImageNet templates
+    head=dict(
+        num_classes={{_base_.num_classes}},
+        alpha={{_base_.init_alpha}},  # 1.17 before the search
+        beta=1.0,
+        search_scale={{_base_.search_scale}},  # (beta, alpha): (7, 3)
+        search_step=(200, 20)))
+
+fewshot_dataloader = dict(dataset=dict(num_shots=16, seed=1))
