@@ -43,13 +43,34 @@ def test_config_follows_spec_table(name):
     templates, classes, scale, alpha, epochs = SPEC[dataset_of(name)]
     assert cfg.custom_imports.imports == ['tip_adapter_mm']
     head = cfg.model.head
-    assert head.type == 'TipAdapterHead'
+    dual = name.endswith('_dual_cache_resnet50.py')
+    assert head.type == ('DualCacheTipAdapterHead'
+                         if dual else 'TipAdapterHead')
     assert (head.num_classes, head.alpha, head.beta) == (classes, alpha, 1.0)
     assert tuple(head.search_scale) == scale
     assert tuple(head.search_step) == (200, 20)
     assert cfg.model.templates == templates
-    assert cfg.model.backbone.model_name == 'RN50'
-    assert cfg.model.backbone.pretrained == 'openai'
+    backbone, text = cfg.model.backbone, cfg.model.text_encoder
+    if name.endswith('_mmpretrain_rn50.py'):
+        # MMPretrain's module holding RN50's converted weights
+        assert (backbone.type, backbone.depth) == ('ModifiedResNet', 50)
+        assert backbone.init_cfg.prefix == 'backbone.'
+    elif name.endswith('_mmpretrain_vit_b16.py'):
+        assert (backbone.type, cfg.model.neck.type) == (
+            'VisionTransformer', 'CLIPProjection')
+        assert backbone.patch_size == 16
+        assert backbone.init_cfg.checkpoint == \
+            cfg.model.neck.init_cfg.checkpoint
+    else:
+        assert backbone.model_name == 'RN50'
+        assert backbone.pretrained == 'openai'
+    vit = name.endswith('_vit_b16.py')
+    assert (text.model_name, text.pretrained) == (
+        'ViT-B-16' if vit else 'RN50', 'openai')
+    if dual:
+        assert cfg.model.second_backbone.type == 'ResNet'
+        assert cfg.model.second_backbone.depth == 50
+        assert head.search_mode == 'staged'
     assert cfg.fewshot_dataloader.dataset.num_shots == 16
     assert cfg.fewshot_dataloader.dataset.seed == 1
     assert cfg.custom_hooks[0] == dict(type='BuildCacheHook',

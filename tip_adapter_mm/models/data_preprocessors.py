@@ -18,10 +18,13 @@ class FeatureOrImageDataPreprocessor(ClsDataPreprocessor):
 
     def forward(self, data: dict, training: bool = False) -> dict:
         inputs = data['inputs']
-        if isinstance(inputs, (list, tuple)) and isinstance(
-                inputs[0], (list, tuple)):
-            # pseudo_collate of per-sample tuples: one list per encoder
-            inputs = tuple(torch.stack(list(f)).float() for f in inputs)
+        if isinstance(inputs, (list, tuple)) and (isinstance(
+                inputs[0], (list, tuple)) or inputs[0].dim() == 2):
+            # Per-sample tuples, one item per encoder: pseudo_collate gives
+            # a list of samples per encoder, default_collate a stacked batch.
+            inputs = tuple(
+                (f if isinstance(f, torch.Tensor) else torch.stack(list(f)))
+                .float() for f in inputs)
         else:
             first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
             is_features = (first.dim() == 1 if isinstance(

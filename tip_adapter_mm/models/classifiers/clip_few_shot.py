@@ -144,6 +144,7 @@ class CLIPFewShotClassifier(ImageClassifier):
                    'DualCacheTipAdapterHead.'))
         for encoder in self.encoders:
             encoder.requires_grad_(False)
+            encoder.eval()
 
     # -- visual encoders -----------------------------------------------------
     @property

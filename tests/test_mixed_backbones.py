@@ -1,0 +1,361 @@
+"""MMPretrain backbones in the loop, end to end through tools/test.py and
+tools/train.py: MMPretrain's own CLIP tower with converted weights, a second
+cache from another backbone, the cache alone on any backbone, and a backbone
+registered by the user through custom_imports."""
+import json
+import pickle
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import CONFIGS, python_tool, run_tool, tiny_config
+
+from mmpretrain.models import ResNet
+from tip_adapter_mm.models.utils import (convert_visual_tower,
+                                         load_clip_state_dict,
+                                         mmpretrain_tower_cfg)
+
+EPOCHS = 2
+F_EXTRA = f"""
+global_batch_size = 4
+train_cfg = dict(max_epochs={EPOCHS})
+param_scheduler = dict(T_max={EPOCHS}, end={EPOCHS})
+"""
+IMAGENET_NORM = """
+    mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]"""
+
+
+def top1(output: str) -> float:
+    found = re.findall(r'accuracy/top1: ([0-9.]+)', output)
+    assert found, output[-3000:]
+    return float(found[-1])
+
+
+def search_report(work_dir: Path) -> dict:
+    reports = sorted(work_dir.glob('*/hyperparameter_search.json'))
+    assert reports, list(work_dir.iterdir())
+    return json.loads(reports[-1].read_text())
+
+
+def views_of(work_dir: Path) -> dict:
+    files = sorted((work_dir / 'feature_cache').glob('views_*.pth'))
+    assert len(files) == 1, files
+    return torch.load(files[0], weights_only=True)
+
+
+def checkpoint_state(path: Path) -> dict:
+    """A checkpoint this test wrote (its message hub needs full unpickling).
+    """
+    return torch.load(path, map_location='cpu', weights_only=False)[
+        'state_dict']
+
+
+def predictions(path: Path):
+    with open(path, 'rb') as f:
+        results = pickle.load(f)
+    scores = torch.stack([torch.as_tensor(r['pred_score']) for r in results])
+    labels = torch.tensor([int(r['gt_label']) for r in results])
+    return scores, labels
+
+
+@pytest.fixture(scope='module')
+def tiny_resnet(tmp_path_factory) -> str:
+    """A small MMPretrain ResNet-18 with random weights, saved as an
+    MMPretrain classifier checkpoint (``backbone.*`` keys, plus a head key
+    the backbone does not have)."""
+    torch.manual_seed(1)
+    net = ResNet(depth=18, stem_channels=8, base_channels=8)
+    state = {f'backbone.{k}': v for k, v in net.state_dict().items()}
+    state['head.fc.weight'] = torch.zeros(3, 64)
+    path = tmp_path_factory.mktemp('resnet') / 'tiny_resnet18.pth'
+    torch.save(dict(state_dict=state), path)
+    return str(path)
+
+
+def resnet_cfg(checkpoint: str) -> str:
+    return (f"dict(type='ResNet', depth=18, stem_channels=8, base_channels=8,"
+            f" init_cfg=dict(type='Pretrained', checkpoint={checkpoint!r}, "
+            "prefix='backbone.'))")
+
+
+# -- 1. MMPretrain's CLIP tower with converted weights -----------------------
+@pytest.fixture(scope='module')
+def converted_tower(tiny_clip, tmp_path_factory):
+    """The tiny CLIP's visual tower converted by the real CLI, and the
+    MMPretrain backbone/neck configs that hold it."""
+    dst = tmp_path_factory.mktemp('converted') / 'tiny_vit_mmpretrain.pth'
+    run_tool(
+        python_tool('model_converters/open_clip_to_mmpretrain.py',
+                    tiny_clip['pretrained'], str(dst), '--model-config-file',
+                    tiny_clip['model_config_file']))
+    _, info = convert_visual_tower(
+        load_clip_state_dict(tiny_clip['pretrained']))
+    head_width = json.loads(Path(
+        tiny_clip['model_config_file']).read_text())['vision_cfg'][
+            'head_width']
+    cfg = mmpretrain_tower_cfg(
+        info, num_heads=info['width'] // head_width, quick_gelu=False,
+        checkpoint=str(dst))
+    return cfg
+
+
+def test_mmpretrain_clip_tower_gives_the_open_clip_results(
+        tiny_clip, image_folders, converted_tower, tmp_path):
+    """The same Tip-Adapter run with open_clip's tower and with MMPretrain's
+    VisionTransformer + CLIPProjection holding the converted weights: same
+    cache, same search, same test scores."""
+    runs = {}
+    for name, extra in [
+        ('open_clip', ''),
+        ('mmpretrain', f"""
+model['backbone'] = dict(_delete_=True, **{converted_tower['backbone']!r})
+model['neck'] = {converted_tower['neck']!r}
+"""),
+    ]:
+        config = tiny_config(tmp_path / f'{name}.py', tiny_clip,
+                             image_folders, extra=extra)
+        out = tmp_path / f'{name}.pkl'
+        output = run_tool(
+            python_tool('test.py', str(config), '--work-dir',
+                        str(tmp_path / name), '--out', str(out)))
+        runs[name] = (output, predictions(out), search_report(tmp_path /
+                                                              name))
+    (_, (clip_scores, labels), clip_report) = runs['open_clip']
+    (output, (mm_scores, mm_labels), mm_report) = runs['mmpretrain']
+    assert 'Cache model: 12 keys of dim 32' in output
+    torch.testing.assert_close(mm_scores, clip_scores, atol=1e-4, rtol=1e-4)
+    assert torch.equal(mm_labels, labels)
+    assert mm_report['best'] == clip_report['best']
+    assert top1(output) == top1(runs['open_clip'][0])
+
+
+def test_mismatched_converted_checkpoint_is_refused(tiny_clip, image_folders,
+                                                    converted_tower,
+                                                    tmp_path):
+    backbone = dict(converted_tower['backbone'])
+    backbone['arch'] = dict(backbone['arch'], embed_dims=48)
+    config = tiny_config(
+        tmp_path / 'bad.py', tiny_clip, image_folders, extra=f"""
+model['backbone'] = dict(_delete_=True, **{backbone!r})
+model['neck'] = {converted_tower['neck']!r}
+""")
+    output = run_tool(
+        python_tool('test.py', str(config), '--work-dir',
+                    str(tmp_path / 'work')), expect_rc=1)
+    assert 'model.backbone' in output
+    assert backbone['init_cfg']['checkpoint'] in output
+    assert 'expected' in output and 'found' in output
+
+
+# -- 2. A second cache from another MMPretrain backbone ----------------------
+def dual_extra(checkpoint: str, train: bool) -> str:
+    return f"""
+model['second_backbone'] = {resnet_cfg(checkpoint)}
+model['second_neck'] = dict(type='GlobalAveragePooling')
+model['second_mean'] = [123.675, 116.28, 103.53]
+model['second_std'] = [58.395, 57.12, 57.375]
+model['head'].update(type='DualCacheTipAdapterHead', alpha2=1.0, beta2=1.0,
+                     second_search_scale=(7, 3), second_search_step=(10, 5))
+""" + (F_EXTRA if train else '')
+
+
+def test_dual_cache_test_py(tiny_clip, image_folders, tiny_resnet, tmp_path):
+    config = tiny_config(tmp_path / 'dual.py', tiny_clip, image_folders,
+                         extra=dual_extra(tiny_resnet, train=False))
+    work_dir = tmp_path / 'work'
+    output = run_tool(
+        python_tool('test.py', str(config), '--work-dir', str(work_dir)))
+    assert 'Cache model: 12 keys of dim 32 and 64' in output
+    views = views_of(work_dir)
+    assert views['feats'].shape == (36, 32)
+    assert views['second_feats'].shape == (36, 64)
+    report = search_report(work_dir)
+    assert set(report['best']) == {'beta', 'alpha', 'beta2', 'alpha2'}
+    stage1, stage2 = report['stages']
+    assert set(stage1['best']) == {'beta', 'alpha'}
+    assert len(stage2['grid']['alpha2']) == 6
+    assert stage2['grid']['alpha2'][0] == 0.0
+    # Stage 2 includes alpha2 = 0, i.e. stage 1's best point.
+    assert stage2['accuracy'] >= stage1['accuracy']
+    assert report['accuracy'] == stage2['accuracy']
+    assert (work_dir.glob('*/hyperparameter_search_stage2.png'))
+    assert 0.0 <= top1(output) <= 100.0
+
+
+def test_dual_cache_tip_f_trains_both_key_sets(tiny_clip, image_folders,
+                                               tiny_resnet, tmp_path):
+    config = tiny_config(
+        tmp_path / 'dual_f.py', tiny_clip, image_folders,
+        schedule='tip_adapter_f', extra=dual_extra(tiny_resnet, train=True))
+    work_dir = tmp_path / 'work'
+    output = run_tool(
+        python_tool('train.py', str(config), '--work-dir', str(work_dir)))
+    assert f'Epoch(train) [{EPOCHS}]' in output
+    state = checkpoint_state(work_dir / 'final_searched.pth')
+    views = views_of(work_dir)
+    for key, feats in (('head.cache_keys', views['feats']),
+                       ('head.second_cache_keys', views['second_feats'])):
+        initial = F.normalize(feats.view(3, 12, -1).mean(dim=0), dim=-1)
+        assert state[key].shape == initial.shape
+        assert (state[key] - initial).abs().max() > 1e-4, key
+    # The frozen ResNet is saved untouched with the model.
+    resnet = torch.load(tiny_resnet, weights_only=True)['state_dict']
+    assert torch.equal(state['second_backbone.conv1.weight'],
+                       resnet['backbone.conv1.weight'])
+    # The checkpoint evaluates again through tools/test.py.
+    again = run_tool(
+        python_tool('test.py', str(config),
+                    str(work_dir / 'final_searched.pth'), '--work-dir',
+                    str(tmp_path / 'again')))
+    assert top1(again) == top1(output)
+
+
+# -- 3. The cache alone, any backbone ----------------------------------------
+def cache_only_config(path: Path, data_root: Path, backbone: str,
+                      schedule: str = 'tip_adapter', extra: str = '',
+                      imports: str = "['tip_adapter_mm']") -> Path:
+    """A cache-only config as a user writes it for a folder dataset."""
+    path.write_text(textwrap.dedent(f"""
+    _base_ = [
+        {str(CONFIGS / '_base_/models/cache_only_resnet50.py')!r},
+        {str(CONFIGS / '_base_/datasets/folder_fewshot.py')!r},
+        {str(CONFIGS / f'_base_/schedules/{schedule}.py')!r},
+        {str(CONFIGS / '_base_/default_runtime.py')!r},
+    ]
+    custom_imports = dict(imports={imports}, allow_failed_imports=False)
+    model = dict(
+        backbone=dict(_delete_=True, **{backbone}),
+        head=dict(num_classes=3, search_step=20,
+                  train_cache_keys={schedule == 'tip_adapter_f'}))
+    data_root = {str(data_root)!r}
+    loader = dict(batch_size=8, num_workers=0, persistent_workers=False)
+    fewshot_dataloader = dict(
+        **loader,
+        dataset=dict(num_shots=4, dataset=dict(data_root=data_root)))
+    val_dataloader = dict(**loader, dataset=dict(data_root=data_root))
+    test_dataloader = dict(**loader, dataset=dict(data_root=data_root))
+    custom_hooks = [
+        dict(type='BuildCacheHook', augment_epoch=3),
+        dict(type='HyperparameterSearchHook'),
+    ]
+    """) + extra)
+    return path
+
+
+def test_cache_only_test_py_and_scores(image_folders, tiny_resnet,
+                                       tmp_path):
+    config = cache_only_config(tmp_path / 'cache_only.py', image_folders,
+                               resnet_cfg(tiny_resnet))
+    work_dir = tmp_path / 'work'
+    out = tmp_path / 'preds.pkl'
+    model_path = tmp_path / 'adapted.pth'
+    output = run_tool(
+        python_tool('test.py', str(config), '--work-dir', str(work_dir),
+                    '--out', str(out), '--save-model', str(model_path)))
+    assert 'Building zero-shot weights' not in output
+    assert 'Cache model: 12 keys of dim 64' in output
+    assert 'Hyperparameter search on val (12 images, 20 points)' in output
+    report = search_report(work_dir)
+    assert set(report['best']) == {'beta'}
+    assert len(report['accuracy_grid']) == 20
+    assert list(work_dir.glob('*/hyperparameter_search.png'))
+    # The reported scores are the SPEC cache term at the searched beta,
+    # recomputed here from the saved cache and the test features.
+    state = checkpoint_state(model_path)
+    keys, values = state['head.cache_keys'], state['head.cache_values']
+    beta, alpha = float(state['head.beta']), float(state['head.alpha'])
+    assert beta == report['best']['beta']
+    test_files = sorted((work_dir / 'feature_cache').glob('test_*.pth'))
+    scores, labels = predictions(out)
+    if test_files:  # test features are only saved if searched on test
+        raise AssertionError('the search must not read the test split')
+    net = ResNet(depth=18, stem_channels=8, base_channels=8)
+    net.load_state_dict({k[len('backbone.'):]: v
+                         for k, v in torch.load(tiny_resnet,
+                                                weights_only=True)
+                         ['state_dict'].items()
+                         if k.startswith('backbone.')})
+    net.eval()
+    from mmengine.config import Config
+    from mmpretrain.registry import DATASETS
+    cfg = Config.fromfile(str(config))
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    images = torch.stack([
+        (dataset[i]['inputs'].flip(0).float() - mean) / std
+        for i in range(len(dataset))
+    ])
+    with torch.no_grad():
+        feats = F.normalize(net(images)[-1].mean(dim=(2, 3)), dim=-1)
+    expected = alpha * torch.exp(-beta * (1 - feats @ keys.t())) @ values
+    torch.testing.assert_close(
+        scores, F.softmax(expected, dim=1), atol=1e-4, rtol=1e-4)
+    assert torch.equal(labels, torch.tensor(
+        [dataset.get_data_info(i)['gt_label'] for i in range(len(dataset))]))
+
+
+def test_cache_only_tip_f_train_py(image_folders, tiny_resnet, tmp_path):
+    config = cache_only_config(
+        tmp_path / 'cache_only_f.py', image_folders, resnet_cfg(tiny_resnet),
+        schedule='tip_adapter_f',
+        extra=F_EXTRA + "custom_hooks.append("
+        "dict(type='ValidateAfterResumeHook'))\n")
+    work_dir = tmp_path / 'work'
+    output = run_tool(
+        python_tool('train.py', str(config), '--work-dir', str(work_dir)))
+    assert f'Epoch(train) [{EPOCHS}]' in output
+    state = checkpoint_state(work_dir / 'final_searched.pth')
+    initial = F.normalize(
+        views_of(work_dir)['feats'].view(3, 12, -1).mean(dim=0), dim=-1)
+    assert (state['head.cache_keys'] - initial).abs().max() > 1e-4
+    assert bool(state['head.is_searched'])
+
+
+# -- A backbone of the user's, registered through custom_imports -------------
+USER_BACKBONE = '''
+"""A user's own backbone, registered in MMPretrain's registry."""
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModule
+from mmpretrain.registry import MODELS
+
+
+@MODELS.register_module()
+class MyColourNet(BaseModule):
+    """Mean colour per image plus a small random projection: (B, 3) ->
+    (B, out_channels)."""
+
+    def __init__(self, out_channels=16, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.proj = nn.Linear(3, out_channels)
+
+    def forward(self, x):
+        return (self.proj(x.mean(dim=(2, 3))), )
+'''
+
+
+def test_user_backbone_through_custom_imports(image_folders, tmp_path):
+    plugin_dir = tmp_path / 'user_code'
+    plugin_dir.mkdir()
+    (plugin_dir / 'my_colour_net.py').write_text(USER_BACKBONE)
+    config = cache_only_config(
+        tmp_path / 'user.py', image_folders,
+        "dict(type='MyColourNet', out_channels=16)",
+        imports="['tip_adapter_mm', 'my_colour_net']",
+        extra="model['neck'] = None\n")
+    output = run_tool(
+        python_tool('test.py', str(config), '--work-dir',
+                    str(tmp_path / 'work')),
+        python_path=str(plugin_dir))
+    assert 'Cache model: 12 keys of dim 16' in output
+    # Mean colour separates the three colour classes.
+    assert top1(output) == 100.0
+    # Without the module on the path the import error names it.
+    missing = run_tool(
+        python_tool('test.py', str(config), '--work-dir',
+                    str(tmp_path / 'work2')), expect_rc=1)
+    assert 'my_colour_net' in missing
