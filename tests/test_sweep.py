@@ -173,6 +173,20 @@ def test_names_come_from_the_config_file_name():
     assert sweep.paper_figure('imagenet', 'APE', 16, 'RN50') == 63.42
     gda = sweep.load_experiment(str(CONFIGS / 'gda_imagenet_16shot.py'), {})
     assert (gda.dataset, gda.method) == ('imagenet', 'GDA')
+    # MMPretrain backbones: the cache alone, two caches, MMPretrain towers
+    for config, expected in [
+        ('custom/cache_only_f_my_dataset_16shot_resnet50.py',
+         ('my_dataset', 'Cache only-F (resnet50)', 'ResNet-50')),
+        ('tip_imagenet_16shot_dual_cache_resnet50.py',
+         ('imagenet', 'Tip-Adapter (dual_cache_resnet50)', 'RN50')),
+        ('tip_imagenet_16shot_mmpretrain_rn50.py',
+         ('imagenet', 'Tip-Adapter (mmpretrain_rn50)', 'ModifiedResNet-50')),
+    ]:
+        exp = sweep.load_experiment(str(CONFIGS / config), {})
+        assert (exp.dataset, exp.method, exp.backbone) == expected
+    # Only RN50 through open_clip is the paper's backbone.
+    assert sweep.paper_figure('imagenet', 'Tip-Adapter (mmpretrain_rn50)',
+                              16, 'ModifiedResNet-50') is None
 
 
 def test_commands_per_kind_of_config(tmp_path):

@@ -43,6 +43,9 @@ TIP = 'Tip-Adapter'
 TIP_F = 'Tip-Adapter-F'
 #: Method names of the other heads (the table gains a row per method).
 HEAD_METHODS = {'GDAHead': 'GDA', 'APEHead': 'APE'}
+#: The cache alone (CacheOnlyHead), training-free and with tuned keys.
+CACHE_ONLY = 'Cache only'
+CACHE_ONLY_F = 'Cache only-F'
 ZERO_SHOT = 'Zero-shot CLIP'
 
 #: Backbone of the published figures below.
@@ -156,14 +159,17 @@ def names_from_stem(stem: str, trains: bool,
     """``(dataset, method)`` of a config file stem.
 
     ``<method>_<dataset>_<K>shot[_<variant>]`` (method prefix ``tip``,
-    ``tip_f``, ``gda`` or ``ape``): the dataset is the part between the
+    ``tip_f``, ``gda``, ``ape``, ``cache_only`` or ``cache_only_f``): the dataset is the part between the
     prefix and ``_<K>shot``; a variant after it is added to the method in
-    brackets. The method comes from the head: GDA, APE, or for
-    ``TipAdapterHead`` Tip-Adapter-F when the config trains (has
-    ``train_cfg``), Tip-Adapter otherwise.
+    brackets. The method comes from the head: GDA, APE, the cache alone
+    (``CacheOnlyHead``), or for Tip-Adapter's heads Tip-Adapter-F when the
+    config trains (has ``train_cfg``), Tip-Adapter otherwise.
     """
-    method = HEAD_METHODS.get(head_type, TIP_F if trains else TIP)
-    name = re.sub(r'^(tip_f|tip|gda|ape)_', '', stem)
+    if head_type == 'CacheOnlyHead':
+        method = CACHE_ONLY_F if trains else CACHE_ONLY
+    else:
+        method = HEAD_METHODS.get(head_type, TIP_F if trains else TIP)
+    name = re.sub(r'^(tip_f|tip|gda|ape|cache_only_f|cache_only)_', '', stem)
     match = re.match(r'^(.*?)_\d+shots?(?:_(.+))?$', name)
     if match:
         name, variant = match.group(1), match.group(2)
@@ -211,8 +217,18 @@ def load_experiment(path: str, cfg_options: Dict[str, Any]) -> Experiment:
         config=path, stem=stem, dataset=dataset, method=method,
         trains=trains,
         reencode=trains and train_set.get('type') == 'FewShotDataset',
-        backbone=((cfg.get('model') or {}).get('backbone') or {}).get(
-            'model_name'))
+        backbone=backbone_name((cfg.get('model') or {}).get('backbone')))
+
+
+def backbone_name(backbone: Any) -> Optional[str]:
+    """open_clip's model name, else the MMPretrain type (and depth)."""
+    backbone = backbone or {}
+    if backbone.get('model_name'):
+        return backbone['model_name']
+    kind = backbone.get('type')
+    if not isinstance(kind, str):
+        return None
+    return f"{kind}-{backbone['depth']}" if 'depth' in backbone else kind
 
 
 def check_experiments(experiments: Sequence[Experiment]) -> None:
