@@ -159,11 +159,12 @@ def names_from_stem(stem: str, trains: bool,
     """``(dataset, method)`` of a config file stem.
 
     ``<method>_<dataset>_<K>shot[_<variant>]`` (method prefix ``tip``,
-    ``tip_f``, ``gda``, ``ape``, ``cache_only`` or ``cache_only_f``): the dataset is the part between the
-    prefix and ``_<K>shot``; a variant after it is added to the method in
-    brackets. The method comes from the head: GDA, APE, the cache alone
-    (``CacheOnlyHead``), or for Tip-Adapter's heads Tip-Adapter-F when the
-    config trains (has ``train_cfg``), Tip-Adapter otherwise.
+    ``tip_f``, ``gda``, ``ape``, ``cache_only`` or ``cache_only_f``): the
+    dataset is the part between the prefix and ``_<K>shot``; a variant after
+    it is added to the method in brackets. The method comes from the head:
+    GDA, APE, the cache alone (``CacheOnlyHead``), or for Tip-Adapter's
+    heads Tip-Adapter-F when the config trains (has ``train_cfg``),
+    Tip-Adapter otherwise.
     """
     if head_type == 'CacheOnlyHead':
         method = CACHE_ONLY_F if trains else CACHE_ONLY
