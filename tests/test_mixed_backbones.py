@@ -205,12 +205,30 @@ def test_dual_cache_tip_f_trains_both_key_sets(tiny_clip, image_folders,
     resnet = torch.load(tiny_resnet, weights_only=True)['state_dict']
     assert torch.equal(state['second_backbone.conv1.weight'],
                        resnet['backbone.conv1.weight'])
-    # The checkpoint evaluates again through tools/test.py.
+    # The checkpoint evaluates again through tools/test.py, predicts
+    # through tools/infer.py and exports to TorchScript.
+    checkpoint = str(work_dir / 'final_searched.pth')
     again = run_tool(
-        python_tool('test.py', str(config),
-                    str(work_dir / 'final_searched.pth'), '--work-dir',
-                    str(tmp_path / 'again')))
+        python_tool('test.py', str(config), checkpoint, '--work-dir',
+                    str(tmp_path / 'again'), '--out',
+                    str(tmp_path / 'preds.pkl')))
     assert top1(again) == top1(output)
+    scores, _ = predictions(tmp_path / 'preds.pkl')
+    test_images = sorted(str(p) for p in (image_folders / 'test').glob('*/*'))
+    run_tool(
+        python_tool('infer.py', str(config), checkpoint, *test_images[:2],
+                    '--device', 'cpu', '--out', str(tmp_path / 'infer.json')))
+    inferred = json.loads((tmp_path / 'infer.json').read_text())['results']
+    torch.testing.assert_close(
+        torch.tensor([r['pred_scores'] for r in inferred]), scores[:2],
+        atol=1e-5, rtol=1e-4)
+    exported = tmp_path / 'dual.pt'
+    export_output = run_tool(
+        python_tool('export_torchscript.py', str(config), checkpoint,
+                    str(exported)))
+    assert 'max |diff|' in export_output
+    logits = torch.jit.load(str(exported))(torch.zeros(2, 3, 224, 224))
+    assert logits.shape == (2, 3)
 
 
 # -- 3. The cache alone, any backbone ----------------------------------------

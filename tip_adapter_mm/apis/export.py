@@ -113,9 +113,15 @@ def export_torchscript(model: nn.Module,
 
 
 def default_input_shape(model: nn.Module) -> Tuple[int, int]:
-    """``(H, W)`` the visual tower was built for (224 when unknown)."""
-    size = getattr(getattr(model.backbone, 'visual', None), 'image_size',
-                   224)
+    """``(H, W)`` the visual tower was built for (224 when unknown):
+    open_clip's ``visual.image_size``, MMPretrain ViT's ``img_size`` or
+    ModifiedResNet's ``input_size``."""
+    backbone = model.backbone
+    size = getattr(getattr(backbone, 'visual', None), 'image_size', None)
+    for attr in ('img_size', 'input_size'):
+        if size is None:
+            size = getattr(backbone, attr, None)
+    size = 224 if size is None else size
     if isinstance(size, int):
         return size, size
     return int(size[0]), int(size[1])
