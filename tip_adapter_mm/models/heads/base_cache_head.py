@@ -58,10 +58,7 @@ class BaseCacheHead(ClsHead):
         super().__init__(loss=loss, topk=topk, init_cfg=init_cfg)
         self.num_classes = int(num_classes)
         self.train_cache_keys = bool(train_cache_keys)
-        if self.train_cache_keys:
-            self.cache_keys = nn.Parameter(torch.zeros(0, 0))
-        else:
-            self.register_buffer('cache_keys', torch.zeros(0, 0))
+        self.register_cache_keys('cache_keys')
         self.register_buffer('cache_values', torch.zeros(0, self.num_classes))
         # Whether the hyperparameters were searched (saved in checkpoints).
         self.register_buffer('is_searched', torch.tensor(False))
@@ -80,14 +77,28 @@ class BaseCacheHead(ClsHead):
                 f'Expected cache_keys (NK, C) and cache_values (NK, '
                 f'{self.num_classes}), got {tuple(cache_keys.shape)} and '
                 f'{tuple(cache_values.shape)}.')
-        device = self.cache_values.device
-        keys = cache_keys.detach().float().to(device).contiguous()
-        if isinstance(self.cache_keys, nn.Parameter):
-            # Keep the parameter object: an optimizer may already hold it.
-            self.cache_keys.data = keys
+        self.assign_cache_keys('cache_keys', cache_keys)
+        self.cache_values = cache_values.detach().float().to(
+            self.cache_values.device)
+
+    def register_cache_keys(self, name: str) -> None:
+        """An empty ``(0, 0)`` key tensor ``name``: a learnable parameter
+        when ``train_cache_keys`` (Tip-Adapter-F), else a buffer."""
+        if self.train_cache_keys:
+            setattr(self, name, nn.Parameter(torch.zeros(0, 0)))
         else:
-            self.cache_keys = keys
-        self.cache_values = cache_values.detach().float().to(device)
+            self.register_buffer(name, torch.zeros(0, 0))
+
+    def assign_cache_keys(self, name: str, keys: torch.Tensor) -> None:
+        """Store keys ``(NK, C)`` in ``name`` on the head's device."""
+        keys = keys.detach().float().to(
+            self.cache_values.device).contiguous()
+        current = getattr(self, name)
+        if isinstance(current, nn.Parameter):
+            # Keep the parameter object: an optimizer may already hold it.
+            current.data = keys
+        else:
+            setattr(self, name, keys)
 
     def build_cache(self, view_feats: torch.Tensor,
                     labels: torch.Tensor) -> None:

@@ -4,7 +4,6 @@ from collections import OrderedDict
 from typing import List, Sequence, Tuple, Union
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from mmpretrain.registry import MODELS
@@ -85,10 +84,7 @@ class DualCacheTipAdapterHead(TipAdapterHead):
         self.register_hyperparameter('beta2', beta2)
         self.second_search_scale = tuple(float(s) for s in second_search_scale)
         self.second_search_step = tuple(int(s) for s in second_search_step)
-        if self.train_cache_keys:
-            self.second_cache_keys = nn.Parameter(torch.zeros(0, 0))
-        else:
-            self.register_buffer('second_cache_keys', torch.zeros(0, 0))
+        self.register_cache_keys('second_cache_keys')
 
     # -- cache ---------------------------------------------------------------
     @property
@@ -103,11 +99,7 @@ class DualCacheTipAdapterHead(TipAdapterHead):
                 f'Expected second_cache_keys ({len(self.cache_values)}, C2) '
                 f'for the {len(self.cache_values)} cached images, got '
                 f'{tuple(keys.shape)}.')
-        keys = keys.detach().float().to(self.cache_values.device)
-        if isinstance(self.second_cache_keys, nn.Parameter):
-            self.second_cache_keys.data = keys.contiguous()
-        else:
-            self.second_cache_keys = keys.contiguous()
+        self.assign_cache_keys('second_cache_keys', keys)
 
     def build_cache(self, view_feats: Sequence[torch.Tensor],
                     labels: torch.Tensor) -> None:
