@@ -132,6 +132,38 @@ model['neck'] = {converted_tower['neck']!r}
     assert top1(output) == top1(runs['open_clip'][0])
 
 
+def test_mmpretrain_clip_tower_tip_f_trains_as_open_clip(
+        tiny_clip, image_folders, converted_tower, tmp_path):
+    """Tip-Adapter-F through tools/train.py with each tower: the same
+    fine-tuned keys, searched hyperparameters and test accuracy."""
+    runs = {}
+    for name, extra in [
+        ('open_clip', F_EXTRA),
+        ('mmpretrain', F_EXTRA + f"""
+model['backbone'] = dict(_delete_=True, **{converted_tower['backbone']!r})
+model['neck'] = {converted_tower['neck']!r}
+"""),
+    ]:
+        config = tiny_config(tmp_path / f'{name}.py', tiny_clip,
+                             image_folders, schedule='tip_adapter_f',
+                             extra=extra)
+        output = run_tool(
+            python_tool('train.py', str(config), '--work-dir',
+                        str(tmp_path / name)))
+        runs[name] = (top1(output),
+                      checkpoint_state(tmp_path / name /
+                                       'final_searched.pth'))
+    (clip_top1, clip_state), (mm_top1, mm_state) = (runs['open_clip'],
+                                                    runs['mmpretrain'])
+    assert mm_top1 == clip_top1
+    for key in ('head.cache_keys', 'head.alpha', 'head.beta'):
+        torch.testing.assert_close(mm_state[key], clip_state[key],
+                                   atol=1e-4, rtol=1e-4)
+    # MMPretrain's tower is saved with the model; open_clip's is not.
+    assert 'backbone.cls_token' in mm_state
+    assert not any(k.startswith('backbone.') for k in clip_state)
+
+
 def test_mismatched_converted_checkpoint_is_refused(tiny_clip, image_folders,
                                                     converted_tower,
                                                     tmp_path):
