@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, python_tool, run_tool, tiny_config
+from conftest import CONFIGS, free_port, python_tool, run_tool, tiny_config
 
 from mmpretrain.models import ResNet
 from tip_adapter_mm.models.utils import (convert_visual_tower,
@@ -217,14 +217,21 @@ def test_dual_cache_test_py(tiny_clip, image_folders, tiny_resnet, tmp_path):
     assert 0.0 <= top1(output) <= 100.0
 
 
-def test_dual_cache_tip_f_trains_both_key_sets(tiny_clip, image_folders,
-                                               tiny_resnet, tmp_path):
+@pytest.fixture(scope='module')
+def dual_f_run(tiny_clip, image_folders, tiny_resnet, tmp_path_factory):
+    root = tmp_path_factory.mktemp('dual_f')
     config = tiny_config(
-        tmp_path / 'dual_f.py', tiny_clip, image_folders,
+        root / 'dual_f.py', tiny_clip, image_folders,
         schedule='tip_adapter_f', extra=dual_extra(tiny_resnet, train=True))
-    work_dir = tmp_path / 'work'
+    work_dir = root / 'work'
     output = run_tool(
         python_tool('train.py', str(config), '--work-dir', str(work_dir)))
+    return config, work_dir, output
+
+
+def test_dual_cache_tip_f_trains_both_key_sets(dual_f_run, image_folders,
+                                               tiny_resnet, tmp_path):
+    config, work_dir, output = dual_f_run
     assert f'Epoch(train) [{EPOCHS}]' in output
     state = checkpoint_state(work_dir / 'final_searched.pth')
     views = views_of(work_dir)
@@ -261,6 +268,29 @@ def test_dual_cache_tip_f_trains_both_key_sets(tiny_clip, image_folders,
     assert 'max |diff|' in export_output
     logits = torch.jit.load(str(exported))(torch.zeros(2, 3, 224, 224))
     assert logits.shape == (2, 3)
+
+
+def test_dual_cache_dist_train_two_processes_matches_one(
+        dual_f_run, tmp_path, monkeypatch):
+    """Both caches, the training and the search are the same on 2 gloo
+    processes as on 1."""
+    config, one_dir, one_output = dual_f_run
+    monkeypatch.setenv('PORT', free_port())
+    two_dir = tmp_path / 'dist'
+    output = run_tool(['bash', 'tools/dist_train.sh', str(config), '2',
+                       '--work-dir', str(two_dir)])
+    assert 'global_batch_size 4: 2 per process x 2' in output
+    one_views, two_views = views_of(one_dir), views_of(two_dir)
+    for key in ('feats', 'second_feats'):
+        torch.testing.assert_close(two_views[key], one_views[key],
+                                   rtol=1e-5, atol=1e-5)
+    one = checkpoint_state(one_dir / 'final_searched.pth')
+    two = checkpoint_state(two_dir / 'final_searched.pth')
+    for key in ('head.cache_keys', 'head.second_cache_keys'):
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-5)
+    for key in ('head.alpha', 'head.beta', 'head.alpha2', 'head.beta2'):
+        assert two[key] == one[key], key
+    assert top1(output) == top1(one_output)
 
 
 # -- 3. The cache alone, any backbone ----------------------------------------
