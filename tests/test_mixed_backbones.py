@@ -201,6 +201,8 @@ def test_dual_cache_test_py(tiny_clip, image_folders, tiny_resnet, tmp_path):
     output = run_tool(
         python_tool('test.py', str(config), '--work-dir', str(work_dir)))
     assert 'Cache model: 12 keys of dim 32 and 64' in output
+    # (beta, alpha) 20 x 10, then (beta2, alpha2) 10 x (5 + 1)
+    assert 'Hyperparameter search on val (12 images, 260 points)' in output
     views = views_of(work_dir)
     assert views['feats'].shape == (36, 32)
     assert views['second_feats'].shape == (36, 64)

@@ -35,6 +35,12 @@ class SearchResult:
     num_samples: int
     stages: List['SearchResult'] = field(default_factory=list)
 
+    @property
+    def num_points(self) -> int:
+        """Grid points searched, over all stages."""
+        return sum(stage.accuracy_grid.numel()
+                   for stage in self.stages) or self.accuracy_grid.numel()
+
     def top(self, k: int = 5) -> List[Dict[str, float]]:
         """The ``k`` best points, best first (first-in-grid wins ties)."""
         flat = self.accuracy_grid.flatten()

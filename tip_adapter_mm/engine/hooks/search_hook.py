@@ -119,7 +119,7 @@ class HyperparameterSearchHook(Hook):
         best = ', '.join(f'{k}={v:.4f}' for k, v in result.best.items())
         runner.logger.info(
             f'Hyperparameter search on {self.split} ({result.num_samples} '
-            f'images, {result.accuracy_grid.numel()} points): {best}, '
+            f'images, {result.num_points} points): {best}, '
             f'top-1 {result.accuracy:.2f}%.')
         if runner.rank == 0:
             paths = save_search_report(result, runner.log_dir)
