@@ -2,6 +2,7 @@
 (tools/model_converters/open_clip_to_mmpretrain.py) and check_pretrained."""
 import importlib.util
 import json
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -298,6 +299,43 @@ def test_existing_dst_is_not_overwritten(vit_quickgelu, tmp_path):
         load_cli().main([vit_quickgelu['checkpoint'], str(dst)])
     assert dst.read_bytes() == b'precious bytes'
     assert [p.name for p in tmp_path.iterdir()] == ['exists.pth']
+
+
+def test_src_may_be_an_open_clip_pretrained_tag(vit_quickgelu, tmp_path,
+                                                monkeypatch, capsys):
+    """'openai' with --model-name: open_clip resolves and downloads the
+    tag (stubbed here: no network), and its pretrained config's QuickGELU
+    reaches the printed config even though the model config says GELU."""
+    import open_clip
+    name = 'ConvTest-ViT-quickgelu'
+    asked = []
+    monkeypatch.setattr(open_clip, 'list_pretrained_tags_by_model',
+                        lambda model: ['openai'] if model == name else [])
+    monkeypatch.setattr(open_clip, 'get_pretrained_cfg',
+                        lambda model, tag: dict(quick_gelu=True, url='x'))
+    monkeypatch.setattr(open_clip, 'get_model_config',
+                        lambda model: dict(json.loads(Path(
+                            vit_quickgelu['config']).read_text()),
+                                           quick_gelu=False))
+
+    def download(cfg, *args, **kwargs):
+        asked.append(cfg)
+        return vit_quickgelu['checkpoint']
+
+    monkeypatch.setattr(open_clip, 'download_pretrained', download)
+    dst = tmp_path / 'from_tag.pth'
+    load_cli().main(['openai', str(dst), '--model-name', name])
+    assert asked == [dict(quick_gelu=True, url='x')]
+    saved = torch.load(dst, weights_only=True)
+    assert saved['meta']['pretrained_tag'] == 'openai'
+    assert "'mmpretrain.QuickGELU'" in capsys.readouterr().out
+    expected, _ = convert_visual_tower(
+        load_clip_state_dict(vit_quickgelu['checkpoint']))
+    assert saved['state_dict'].keys() == expected.keys()
+    with pytest.raises(FileNotFoundError,
+                       match=r"neither a file nor .*tags: \['openai'\]"):
+        load_cli().main(['laion9b', str(tmp_path / 'x.pth'),
+                         '--model-name', name])
 
 
 def test_missing_src_names_the_path(tmp_path):

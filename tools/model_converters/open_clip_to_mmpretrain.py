@@ -13,9 +13,14 @@ Usage (from the repository root)::
     # OpenAI weights (TorchScript archive)
     python tools/model_converters/open_clip_to_mmpretrain.py \\
         ViT-B-32.pt vit-b-32_mmpretrain.pth --model-name ViT-B-32-quickgelu
+    # an open_clip pretrained tag, downloaded by open_clip
+    python tools/model_converters/open_clip_to_mmpretrain.py \\
+        openai rn50_mmpretrain.pth --model-name RN50
 
 SRC is an open_clip checkpoint (state dict, ``{'state_dict': ...}``,
-``.safetensors``) or an OpenAI CLIP TorchScript ``.pt``. DST receives
+``.safetensors``), an OpenAI CLIP TorchScript ``.pt``, or, with
+``--model-name``, an open_clip pretrained tag (``openai``, ``laion2b_...``)
+that open_clip downloads into its cache. DST receives
 ``{'state_dict': {backbone.*, neck.*}, 'meta': {...}}`` (refused if it
 exists). The MMPretrain ``backbone`` / ``neck`` config to paste into a
 config file is printed. Attention heads and the activation can't be read
@@ -31,7 +36,7 @@ import os.path as osp
 import pprint
 import sys
 import tempfile
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -44,7 +49,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Convert an open_clip / OpenAI CLIP visual tower to '
         'MMPretrain VisionTransformer + CLIPProjection or ModifiedResNet.')
-    parser.add_argument('src', help='open_clip or OpenAI CLIP checkpoint')
+    parser.add_argument(
+        'src',
+        help='open_clip or OpenAI CLIP checkpoint file, or with '
+        '--model-name an open_clip pretrained tag (e.g. openai)')
     parser.add_argument('dst', help='output MMPretrain checkpoint (.pth)')
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -87,6 +95,27 @@ def read_model_config(args: argparse.Namespace) -> Optional[dict]:
     return None
 
 
+def resolve_source(src: str, model_name: Optional[str]) -> Tuple[str, dict]:
+    """``(path, pretrained_cfg)`` of SRC: a file as it is, or an open_clip
+    pretrained tag of ``--model-name`` (e.g. 'openai'), downloaded by
+    open_clip into its cache (its pretrained config says, e.g., whether the
+    weights were trained with QuickGELU)."""
+    if osp.exists(src) or not model_name:
+        return src, {}
+    import open_clip
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if src not in tags:
+        raise FileNotFoundError(
+            f'SRC {src!r} is neither a file nor an open_clip pretrained tag '
+            f'of {model_name!r} (tags: {tags}).')
+    pretrained_cfg = open_clip.get_pretrained_cfg(model_name, src)
+    path = open_clip.download_pretrained(pretrained_cfg)
+    if not path:
+        raise FileNotFoundError(
+            f'open_clip could not download {model_name!r} / {src!r}.')
+    return path, dict(pretrained_cfg)
+
+
 def save_new(obj: dict, dst: str) -> None:
     """``torch.save`` to a temporary file next to ``dst``, then move it
     into place; never overwrite an existing ``dst``."""
@@ -121,10 +150,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         raise FileExistsError(
             f'{args.dst!r} already exists; not overwriting it.')
     model_cfg = read_model_config(args)
+    src, pretrained_cfg = resolve_source(args.src, args.model_name)
 
-    state_dict = load_clip_state_dict(args.src)
+    state_dict = load_clip_state_dict(src)
     converted, info = convert_visual_tower(state_dict)
-    torchscript = _is_torchscript_archive(args.src)
+    torchscript = _is_torchscript_archive(src)
 
     options = dict(num_heads=None, quick_gelu=False, ln_eps=1e-5)
     if model_cfg is not None:
@@ -142,13 +172,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         options['quick_gelu'] = True
     if args.num_heads is not None:
         options['num_heads'] = args.num_heads
-    if args.quick_gelu:
+    if args.quick_gelu or pretrained_cfg.get('quick_gelu'):
         options['quick_gelu'] = True
 
     # Fails for towers MMPretrain has no config for, before writing.
     tower = mmpretrain_tower_cfg(info, **options)
     meta = dict(
-        source=osp.abspath(args.src),
+        source=osp.abspath(src),
+        pretrained_tag=args.src if pretrained_cfg else None,
         source_format='torchscript' if torchscript else 'state_dict',
         model_name=args.model_name,
         model_config_file=(osp.abspath(args.model_config_file)
@@ -160,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     arch = 'VisionTransformer + CLIPProjection' if info['arch'] == 'vit' \
         else 'ModifiedResNet'
-    print(f'Converted {len(converted)} tensors ({arch}) from {args.src} '
+    print(f'Converted {len(converted)} tensors ({arch}) from {src} '
           f'to {args.dst}.')
     print(f'info: {info}')
     print('\n# MMPretrain config:')

@@ -1,8 +1,9 @@
 # CLIP RN50 with MMPretrain's own visual module: ModifiedResNet (registered
 # by MMPretrain for Chinese-CLIP) holding OpenAI's weights, converted by
 #   python tools/model_converters/open_clip_to_mmpretrain.py \
-#       RN50.pt checkpoints/clip_rn50_mmpretrain.pth --model-name RN50
-# (RN50.pt: OpenAI's archive, or an open_clip checkpoint). The zero-shot
+#       openai checkpoints/clip_rn50_mmpretrain.pth --model-name RN50
+# ('openai': open_clip's tag, downloaded; or a file: OpenAI's RN50.pt, an
+# open_clip checkpoint). The zero-shot
 # text weights still come from open_clip's RN50 text tower.
 # Needs MMPretrain's multi-modal extras: pip install -e ".[multimodal]".
 model = dict(
