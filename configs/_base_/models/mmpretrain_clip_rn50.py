@@ -3,8 +3,8 @@
 #   python tools/model_converters/open_clip_to_mmpretrain.py \
 #       openai checkpoints/clip_rn50_mmpretrain.pth --model-name RN50
 # ('openai': open_clip's tag, downloaded; or a file: OpenAI's RN50.pt, an
-# open_clip checkpoint). The zero-shot
-# text weights still come from open_clip's RN50 text tower.
+# open_clip checkpoint). The zero-shot text weights still come from
+# open_clip's RN50 text tower.
 # Needs MMPretrain's multi-modal extras: pip install -e ".[multimodal]".
 model = dict(
     type='CLIPFewShotClassifier',

@@ -3,8 +3,9 @@
 # embedding, class token out) + CLIPProjection, holding OpenAI's weights
 # converted by
 #   python tools/model_converters/open_clip_to_mmpretrain.py \
-#       ViT-B-16.pt checkpoints/clip_vit_b16_mmpretrain.pth \
-#       --model-name ViT-B-16-quickgelu
+#       openai checkpoints/clip_vit_b16_mmpretrain.pth --model-name ViT-B-16
+# (the tag's QuickGELU flag applies; or a file with
+# --model-name ViT-B-16-quickgelu)
 # The zero-shot text weights still come from open_clip's ViT-B-16 tower.
 # Needs MMPretrain's multi-modal extras: pip install -e ".[multimodal]".
 clip_visual = 'checkpoints/clip_vit_b16_mmpretrain.pth'
