@@ -110,3 +110,21 @@ def test_datasets_build_lazily_and_fail_clearly_without_data(name, tmp_path):
         assert not lazy._fully_initialized
         with pytest.raises(FileNotFoundError, match=str(tmp_path)):
             DATASETS.build(data_cfg)
+
+
+@pytest.mark.parametrize('name', [
+    'tip_imagenet_16shot_mmpretrain_rn50.py',
+    'tip_imagenet_16shot_mmpretrain_vit_b16.py',
+])
+def test_mmpretrain_clip_towers_build_and_name_a_missing_checkpoint(name):
+    """The configs build MMPretrain's modules as they are; without the
+    converted checkpoint, initialising names the file."""
+    import tip_adapter_mm  # noqa: F401
+    from mmpretrain.registry import MODELS
+    cfg = Config.fromfile(str(CONFIGS / name))
+    model = MODELS.build(cfg.model)
+    checkpoint = cfg.model.backbone.init_cfg.checkpoint
+    assert type(model.backbone).__name__ == cfg.model.backbone.type
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    with pytest.raises(FileNotFoundError, match=checkpoint):
+        model.init_weights()

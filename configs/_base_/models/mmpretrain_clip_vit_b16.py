@@ -5,13 +5,15 @@
 #   python tools/model_converters/open_clip_to_mmpretrain.py \
 #       openai checkpoints/clip_vit_b16_mmpretrain.pth --model-name ViT-B-16
 # (the tag's QuickGELU flag applies; or a file with
-# --model-name ViT-B-16-quickgelu)
-# The zero-shot text weights still come from open_clip's ViT-B-16 tower.
+# --model-name ViT-B-16-quickgelu). The zero-shot text weights come from
+# open_clip's ViT-B-16 text tower; the head is tip_adapter_rn50.py's.
 # Needs MMPretrain's multi-modal extras: pip install -e ".[multimodal]".
+_base_ = ['./tip_adapter_rn50.py']
+
 clip_visual = 'checkpoints/clip_vit_b16_mmpretrain.pth'
 model = dict(
-    type='CLIPFewShotClassifier',
     backbone=dict(
+        _delete_=True,
         type='VisionTransformer',
         arch=dict(
             embed_dims=768,
@@ -34,17 +36,4 @@ model = dict(
         out_channels=512,
         init_cfg=dict(
             type='Pretrained', checkpoint=clip_visual, prefix='neck.')),
-    text_encoder=dict(
-        type='OpenCLIPTextEncoder', model_name='ViT-B-16',
-        pretrained='openai'),
-    templates='default',
-    use_model_logit_scale=False,
-    head=dict(
-        type='TipAdapterHead',
-        num_classes=1000,
-        alpha=1.0,
-        beta=1.0,
-        search_scale=(7, 3),  # (beta, alpha)
-        search_step=(200, 20),  # (beta, alpha)
-        clip_logit_scale=100.0,
-        topk=(1, 5)))
+    text_encoder=dict(model_name='ViT-B-16', pretrained='openai'))
