@@ -117,11 +117,9 @@ def default_input_shape(model: nn.Module) -> Tuple[int, int]:
     open_clip's ``visual.image_size``, MMPretrain ViT's ``img_size`` or
     ModifiedResNet's ``input_size``."""
     backbone = model.backbone
-    size = getattr(getattr(backbone, 'visual', None), 'image_size', None)
-    for attr in ('img_size', 'input_size'):
-        if size is None:
-            size = getattr(backbone, attr, None)
-    size = 224 if size is None else size
+    size = (getattr(getattr(backbone, 'visual', None), 'image_size', None)
+            or getattr(backbone, 'img_size', None)
+            or getattr(backbone, 'input_size', None) or 224)
     if isinstance(size, int):
         return size, size
     return int(size[0]), int(size[1])

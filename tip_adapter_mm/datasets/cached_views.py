@@ -5,6 +5,7 @@ import torch
 
 from mmpretrain.registry import DATASETS
 from mmpretrain.structures import DataSample
+from ..utils.features import feature_sets, one_or_tuple
 
 
 @DATASETS.register_module()
@@ -38,10 +39,8 @@ class CachedViewsDataset:
                 'FewShotRunner (runner_type) sets them after building the '
                 'cache. Use it, or give both explicitly.')
         data = torch.load(views_file, map_location='cpu', weights_only=True)
-        # One tensor per visual encoder ('feats', 'second_feats').
-        self.feats = tuple(data[key].float()
-                           for key in ('feats', 'second_feats')
-                           if key in data)
+        # One tensor per visual encoder.
+        self.feats = tuple(f.float() for f in feature_sets(data))
         self.labels = data['labels'].long()
         self.num_views = int(num_views)
         if len(self.labels) % self.num_views:
@@ -60,6 +59,5 @@ class CachedViewsDataset:
     def __getitem__(self, idx: int) -> dict:
         sample = DataSample().set_gt_label(int(self.labels[idx]))
         sample.set_metainfo(dict(sample_idx=int(idx)))
-        inputs = tuple(f[idx] for f in self.feats)
-        return dict(inputs=inputs[0] if len(inputs) == 1 else inputs,
+        return dict(inputs=one_or_tuple([f[idx] for f in self.feats]),
                     data_samples=sample)

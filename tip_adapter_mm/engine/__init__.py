@@ -1,5 +1,4 @@
-from .feature_extraction import (FEATURE_KEYS, dataset_fingerprint,
-                                 extract_features, feature_sets)
+from .feature_extraction import dataset_fingerprint, extract_features
 from .feature_store import FeatureStore
 from .hooks import *  # noqa: F401,F403
 from .optimizers import TrainableParamsOptimWrapperConstructor
@@ -7,8 +6,7 @@ from .runner import FewShotRunner
 from .search import SearchResult, grid_search, save_search_report
 
 __all__ = [
-    'FEATURE_KEYS', 'extract_features', 'feature_sets',
-    'dataset_fingerprint', 'FeatureStore',
+    'extract_features', 'dataset_fingerprint', 'FeatureStore',
     'FewShotRunner', 'TrainableParamsOptimWrapperConstructor',
     'SearchResult', 'grid_search', 'save_search_report'
 ]

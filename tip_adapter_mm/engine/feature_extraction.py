@@ -7,16 +7,7 @@ from mmengine.dist import all_gather_object, get_dist_info
 from mmengine.utils import ProgressBar
 from torch.utils.data import DataLoader
 
-
-#: Keys of the features of each visual encoder in the dicts below, in the
-#: order of ``model.encode_image``'s outputs.
-FEATURE_KEYS = ('feats', 'second_feats')
-
-
-def feature_sets(data: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, ...]:
-    """The features of a dict from :func:`extract_features`, one tensor per
-    visual encoder."""
-    return tuple(data[key] for key in FEATURE_KEYS if key in data)
+from ..utils.features import FEATURE_KEYS
 
 
 @torch.no_grad()
@@ -53,8 +44,9 @@ def extract_features(model: torch.nn.Module,
                 min(len(samples) * world_size, size - progress.completed))
     if progress is not None:
         progress.file.write('\n')
+    # (indices, labels, one feature tensor per encoder)
     shard = (torch.cat(indices), torch.cat(labels),
-             *(torch.cat(f) for f in zip(*feats)))
+             tuple(torch.cat(f) for f in zip(*feats)))
     shards = all_gather_object(shard) if world_size > 1 else [shard]
     index = torch.cat([s[0] for s in shards])
     order = torch.argsort(index, stable=True)
@@ -67,8 +59,8 @@ def extract_features(model: torch.nn.Module,
             f'Gathered features cover {len(index)} distinct samples of '
             f'{size}; every sample must be encoded exactly once.')
     out = dict(labels=torch.cat([s[1] for s in shards])[order][keep])
-    for i, key in enumerate(FEATURE_KEYS[:len(shard) - 2]):
-        out[key] = torch.cat([s[2 + i] for s in shards])[order][keep]
+    for i, key in enumerate(FEATURE_KEYS[:len(shard[2])]):
+        out[key] = torch.cat([s[2][i] for s in shards])[order][keep]
     return out
 
 

@@ -9,8 +9,8 @@ from mmengine.model import is_model_wrapper
 
 from mmpretrain.registry import DATASETS, HOOKS
 from ...datasets.class_names import check_class_names
-from ..feature_extraction import (dataset_fingerprint, extract_features,
-                                  feature_sets)
+from ...utils.features import feature_sets, one_or_tuple
+from ..feature_extraction import dataset_fingerprint, extract_features
 from ..feature_store import FeatureStore, describe_checkpoint
 
 
@@ -157,8 +157,7 @@ class BuildCacheHook(Hook):
         feats = tuple(
             f.view(self.augment_epoch, len(fewshot), -1).to(device)
             for f in feature_sets(views))
-        head.build_cache(feats[0] if len(feats) == 1 else feats,
-                         labels[0].to(device))
+        head.build_cache(one_or_tuple(feats), labels[0].to(device))
         dims = ' and '.join(str(f.shape[-1]) for f in feats)
         runner.logger.info(
             f'Cache model: {len(fewshot)} keys of dim {dims}, '

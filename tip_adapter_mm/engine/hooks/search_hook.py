@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from mmengine.hooks import Hook
 
 from mmpretrain.registry import HOOKS
-from ..feature_extraction import (dataset_fingerprint, extract_features,
-                                  feature_sets)
+from ...utils.features import feature_sets, one_or_tuple
+from ..feature_extraction import dataset_fingerprint, extract_features
 from ..feature_store import FeatureStore
 from ..search import grid_search, save_search_report
 from .build_cache_hook import encoder_description, unwrap
@@ -109,9 +109,9 @@ class HyperparameterSearchHook(Hook):
                 'test accuracy it reports is not a valid held-out estimate.')
         data = self.split_features(runner)
         device = head.cache_values.device
-        feats = tuple(
-            F.normalize(f, dim=-1).to(device) for f in feature_sets(data))
-        feats = feats[0] if len(feats) == 1 else feats
+        feats = one_or_tuple([
+            F.normalize(f, dim=-1).to(device) for f in feature_sets(data)
+        ])
         labels = data['labels'].to(device)
         result = grid_search(head, feats, labels, self.chunk_size,
                              self.max_elements)
