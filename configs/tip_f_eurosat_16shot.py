@@ -17,5 +17,3 @@ model = dict(
         search_step=(200, 20)))
 
 train_cfg = dict(max_epochs={{_base_.f_epochs}})
-param_scheduler = dict(
-    T_max={{_base_.f_epochs}}, end={{_base_.f_epochs}})

@@ -21,5 +21,3 @@ model = dict(
 
 fewshot_dataloader = dict(dataset=dict(num_shots=16, seed=1))
 train_cfg = dict(max_epochs={{_base_.f_epochs}})
-param_scheduler = dict(
-    T_max={{_base_.f_epochs}}, end={{_base_.f_epochs}})

@@ -7,7 +7,7 @@ _base_ = ['./tip_f_imagenet_16shot.py']
 
 train_dataloader = dict(
     _delete_=True,
-    batch_size=256,  # per process; global_batch_size overrides it
+    batch_size=256,  # per process; train_cfg.global_batch_size sets it
     num_workers=8,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),

@@ -11,7 +11,7 @@ val_dataloader = dict(
         split='val',
         pipeline={{_base_.test_pipeline}}))
 custom_hooks = [
-    dict(type='BuildCacheHook', augment_epoch=10),
+    dict(type='BuildCacheHook'),
     dict(type='HyperparameterSearchHook', split='test'),
     dict(type='ValidateAfterResumeHook'),
 ]

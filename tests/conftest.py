@@ -103,11 +103,7 @@ fewshot_dataloader = dict(
     dataset=dict(num_shots={num_shots}, dataset=dict(data_root=data_root)))
 val_dataloader = dict(**loader, dataset=dict(data_root=data_root))
 test_dataloader = dict(**loader, dataset=dict(data_root=data_root))
-custom_hooks = [
-    dict(type='BuildCacheHook', augment_epoch={augment_epoch}),
-    dict(type='HyperparameterSearchHook'),
-] + ([dict(type='ValidateAfterResumeHook')]
-     if {schedule == 'tip_adapter_f'} else [])
+few_shot_cfg = dict(augment_epoch={augment_epoch})
 {extra}
 """)
     return path

@@ -18,4 +18,3 @@ fewshot_dataloader = dict(
 val_dataloader = dict(dataset=dict(data_root=data_root))
 test_dataloader = dict(dataset=dict(data_root=data_root))
 train_cfg = dict(max_epochs=20)
-param_scheduler = dict(T_max=20, end=20)

@@ -27,10 +27,9 @@ class AdaptedModelForExport(nn.Module):
         self.model = model
         self.with_preprocess = bool(with_preprocess)
         pre = model.data_preprocessor
-        # ClsDataPreprocessor: ``to_rgb``; MMEngine's: ``_channel_conversion``.
-        self.to_rgb = bool(
-            getattr(pre, 'to_rgb', getattr(pre, '_channel_conversion', False)))
-        normalize = bool(getattr(pre, '_enable_normalize', False))
+        self.to_rgb = bool(getattr(pre, 'to_rgb', False))
+        # ClsDataPreprocessor has mean/std buffers only when it normalises.
+        normalize = getattr(pre, 'mean', None) is not None
         if self.with_preprocess and getattr(pre, 'pad_size_divisor', 1) > 1:
             raise NotImplementedError(
                 'with_preprocess does not pad (pad_size_divisor > 1).')

@@ -26,7 +26,8 @@ def _is_loading(transform: dict) -> bool:
 def check_adapted_model(model: torch.nn.Module,
                         checkpoint: Optional[str] = None) -> None:
     """Raise a clear error unless ``model``'s head holds what inference
-    needs: a cache (and zero-shot weights for heads that use them).
+    needs: its fit on the few-shot set (and zero-shot weights for heads
+    that use them).
 
     Args:
         model: A ``CLIPFewShotClassifier`` after its checkpoint was loaded.
@@ -40,25 +41,28 @@ def check_adapted_model(model: torch.nn.Module,
             '(Tip-Adapter-F) saves work_dirs/<config>/final_searched.pth; '
             'for training-free Tip-Adapter run `tools/test.py CONFIG '
             '--save-model PATH`.')
-    if head is None or not hasattr(head, 'has_cache'):
-        raise RuntimeError(f'{type(model).__name__} has no cache-model head '
+    if head is None or not hasattr(head, 'is_fitted'):
+        raise RuntimeError(f'{type(model).__name__} has no few-shot head '
                            f'(got {name}); TipAdapterInferencer is for '
-                           'CLIPFewShotClassifier with a cache head.')
-    if not head.has_cache:
+                           'CLIPFewShotClassifier with a FewShotHead.')
+    if not head.is_fitted:
         raise RuntimeError(
-            f'{where} holds no cache for {name} (cache_keys is empty): it '
-            'was saved before BuildCacheHook built the cache, or is not a '
-            f'checkpoint of this config. {hint}')
+            f'{where} holds no fitted {name} (no cache or statistics of the '
+            'few-shot set): it was saved before BuildCacheHook fitted the '
+            f'head, or is not a checkpoint of this config. {hint}')
     if getattr(model, 'needs_zero_shot_weights', False):
         raise RuntimeError(f'{where} holds no zero-shot weights for {name}. '
                            f'{hint}')
-    values = getattr(head, 'cache_values', None)
-    num_classes = getattr(head, 'num_classes', None)
-    if (values is not None and num_classes is not None
-            and values.shape[-1] != num_classes):
-        raise RuntimeError(
-            f'{where} holds a cache for {values.shape[-1]} classes but the '
-            f'config says model.head.num_classes={num_classes}.')
+    # Tensors whose last dimension is the number of classes.
+    for what, tensor in (('cache values',
+                          getattr(getattr(head, 'cache', None), 'values',
+                                  None)),
+                         ('zero-shot weights',
+                          getattr(head, 'zero_shot_weights', None))):
+        if tensor is not None and tensor.shape[-1] != head.num_classes:
+            raise RuntimeError(
+                f'{where} holds {what} for {tensor.shape[-1]} classes but '
+                f'the config says model.head.num_classes={head.num_classes}.')
 
 
 class TipAdapterInferencer(ImageClassificationInferencer):

@@ -1,5 +1,5 @@
 from .augmented_views import AugmentedViewsDataset
-from .cached_views import CachedViewsDataset
+from .stored_features import CachedViewsDataset, StoredFeaturesDataset
 from .few_shot import FewShotDataset, HoldoutDataset, SubsetDataset
 from .coop import (CoOpCaltech101, CoOpDTD, CoOpEuroSAT, CoOpFGVCAircraft,
                    CoOpFlowers102, CoOpFood101, CoOpOxfordPets,
@@ -7,13 +7,12 @@ from .coop import (CoOpCaltech101, CoOpDTD, CoOpEuroSAT, CoOpFGVCAircraft,
 from .class_names import check_class_names, read_class_names
 from .imagenet import CLIPImageNet
 from .samplers import ViewCyclingSampler
-from .templates import PROMPT_TEMPLATES, get_templates
 
 __all__ = [
     'CoOpSplitDataset', 'CoOpCaltech101', 'CoOpOxfordPets', 'CoOpStanfordCars',
     'CoOpFlowers102', 'CoOpFood101', 'CoOpSUN397', 'CoOpDTD', 'CoOpEuroSAT',
     'CoOpUCF101', 'CoOpFGVCAircraft', 'AugmentedViewsDataset',
-    'CachedViewsDataset', 'ViewCyclingSampler', 'FewShotDataset',
+    'CachedViewsDataset', 'StoredFeaturesDataset', 'ViewCyclingSampler', 'FewShotDataset',
     'HoldoutDataset', 'SubsetDataset', 'CLIPImageNet', 'read_class_names',
-    'check_class_names', 'PROMPT_TEMPLATES', 'get_templates'
+    'check_class_names'
 ]

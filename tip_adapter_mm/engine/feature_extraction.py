@@ -1,18 +1,18 @@
 """Encoding a dataset with the frozen encoder, on one rank or many."""
 import hashlib
-from typing import Dict, Tuple
+from typing import Tuple
 
 import torch
 from mmengine.dist import all_gather_object, get_dist_info
 from mmengine.utils import ProgressBar
 from torch.utils.data import DataLoader
 
-from ..utils.features import FEATURE_KEYS
+from ..structures import EncodedFeatures
 
 
 @torch.no_grad()
 def extract_features(model: torch.nn.Module,
-                     dataloader: DataLoader) -> Dict[str, torch.Tensor]:
+                     dataloader: DataLoader) -> EncodedFeatures:
     """Raw visual features and labels of every sample of ``dataloader``.
 
     Each rank encodes its share; the shares are gathered on every rank,
@@ -24,9 +24,8 @@ def extract_features(model: torch.nn.Module,
         dataloader: Yields packed samples carrying ``sample_idx``.
 
     Returns:
-        ``feats`` ``(S, C)`` float32 and ``labels`` ``(S,)`` int64 on CPU,
-        where ``S = len(dataloader.dataset)``; with a second visual encoder
-        also ``second_feats`` ``(S, C2)``.
+        One ``(S, C_e)`` float32 tensor per visual encoder and the labels
+        ``(S, )`` int64, on the CPU, where ``S = len(dataloader.dataset)``.
     """
     rank, world_size = get_dist_info()
     size = len(dataloader.dataset)
@@ -58,10 +57,11 @@ def extract_features(model: torch.nn.Module,
         raise RuntimeError(
             f'Gathered features cover {len(index)} distinct samples of '
             f'{size}; every sample must be encoded exactly once.')
-    out = dict(labels=torch.cat([s[1] for s in shards])[order][keep])
-    for i, key in enumerate(FEATURE_KEYS[:len(shard[2])]):
-        out[key] = torch.cat([s[2][i] for s in shards])[order][keep]
-    return out
+    labels = torch.cat([s[1] for s in shards])[order][keep]
+    feats = tuple(
+        torch.cat([s[2][i] for s in shards])[order][keep]
+        for i in range(len(shard[2])))
+    return EncodedFeatures(feats, labels)
 
 
 def dataset_fingerprint(dataset) -> Tuple[int, str]:

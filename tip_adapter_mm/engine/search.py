@@ -2,15 +2,13 @@
 import json
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List
 
 import numpy as np
 import torch
 
-from ..models.heads.base_cache_head import SearchStage
-
-
-Features = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
+from ..models.heads.base_head import SearchStage
+from ..structures import Features, check_features
 
 
 @dataclass
@@ -68,8 +66,6 @@ class SearchResult:
 
 
 def _chunk(feats: Features, start: int, stop: int) -> Features:
-    if isinstance(feats, torch.Tensor):
-        return feats[start:stop]
     return tuple(f[start:stop] for f in feats)
 
 
@@ -77,17 +73,18 @@ def _chunk(feats: Features, start: int, stop: int) -> Features:
 def search_stage(stage: SearchStage,
                  feats: Features,
                  labels: torch.Tensor,
+                 params: Dict[str, float],
                  chunk_size: int = 4096,
                  max_elements: int = 2**26) -> SearchResult:
-    """Top-1 accuracy at every point of one stage's grid (see
-    :func:`grid_search`)."""
+    """Top-1 accuracy at every point of one stage's grid, the other
+    hyperparameters at ``params`` (see :func:`grid_search`)."""
     grid = stage.grid
     shape = tuple(len(g) for g in grid.values())
     correct = torch.zeros(shape, dtype=torch.int64)
     for start in range(0, len(labels), chunk_size):
         stop = start + chunk_size
         correct += stage.count_correct(
-            _chunk(feats, start, stop), labels[start:stop],
+            _chunk(feats, start, stop), labels[start:stop], params,
             max_elements).cpu()
     best_flat = int(torch.argmax(correct.flatten()))
     best_idx = np.unravel_index(best_flat, shape)
@@ -110,35 +107,43 @@ def grid_search(head,
                 max_elements: int = 2**26) -> SearchResult:
     """Top-1 accuracy of ``head`` at every point of its search grid.
 
-    Vectorised over the grid by the head's ``count_correct``; the features
-    are visited ``chunk_size`` at a time, so memory is bounded by the chunk
-    and ``max_elements``, not by the number of samples times the cache size.
-    The best point is the first maximum in grid order (outermost
-    hyperparameter first), as the reference double loop picks it. A head
-    that searches in stages (:meth:`BaseCacheHead.search_stages`) has each
-    stage's best applied before the next stage is searched; its
-    hyperparameters are restored afterwards (the caller applies ``best``).
+    Vectorised over the grid by the head's counts (``count_correct`` of
+    each :class:`SearchStage`); the features are visited ``chunk_size`` at a
+    time, so memory is bounded by the chunk and ``max_elements``, not by the
+    number of samples times the cache size. Hits are counted by the rule of
+    :mod:`tip_adapter_mm.evaluation` (first maximum of the logits). The best
+    point is the first maximum in grid order (outermost hyperparameter
+    first), as the reference double loop picks it. A head that searches in
+    stages (:meth:`FewShotHead.search_stages`) has each stage searched with
+    the best of the stages before it; hyperparameters that no stage has
+    searched yet are at their current values. The head is not changed: the
+    caller applies ``result.best`` (:meth:`FewShotHead.apply_search`).
 
     Args:
-        head: A :class:`BaseCacheHead` with its cache built.
-        feats: L2-normalised features ``(M, C)`` on the head's device, or
-            one such tensor per visual encoder for heads that take several.
-        labels: ``(M,)``.
+        head: A fitted :class:`FewShotHead` with a non-empty grid.
+        feats: L2-normalised features, one ``(M, C_e)`` tensor per visual
+            encoder, on the head's device.
+        labels: ``(M, )``.
     """
+    feats = check_features(feats, head.num_feature_sets,
+                           f'grid_search({type(head).__name__})')
+    if len(labels) != len(feats[0]):
+        raise ValueError(f'grid_search: {len(labels)} labels for '
+                         f'{len(feats[0])} features.')
     stages = head.search_stages()
-    if len(stages) == 1:
-        return search_stage(stages[0], feats, labels, chunk_size,
-                            max_elements)
-    before, searched = head.hyperparameters, head.searched
+    if not stages:
+        raise ValueError(f'{type(head).__name__} has no hyperparameters to '
+                         'search.')
+    params = dict(head.hyperparameters)
     results = []
-    try:
-        for stage in stages:
-            result = search_stage(stage, feats, labels, chunk_size,
-                                  max_elements)
-            head.set_hyperparameters(searched=False, **result.best)
-            results.append(result)
-    finally:
-        head.set_hyperparameters(searched=searched, **before)
+    for stage in stages:
+        fixed = {k: v for k, v in params.items() if k not in stage.grid}
+        result = search_stage(stage, feats, labels, fixed, chunk_size,
+                              max_elements)
+        params.update(result.best)
+        results.append(result)
+    if len(results) == 1:
+        return results[0]
     best = {}
     for result in results:
         best.update(result.best)

@@ -12,7 +12,7 @@ from .dist import setup_distributed
 
 #: Top-level keys MMEngine's Runner reads, which a config may leave unset.
 RUNNER_KEYS = set(inspect.signature(Runner.__init__).parameters) | {
-    'runner_type', 'global_batch_size', 'model_wrapper_cfg', 'work_dir'
+    'runner_type', 'few_shot_cfg', 'model_wrapper_cfg', 'work_dir'
 }
 
 

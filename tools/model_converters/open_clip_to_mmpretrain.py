@@ -40,7 +40,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from tip_adapter_mm.models.utils.open_clip_conversion import (
+from tip_adapter_mm.converters.open_clip_to_mmpretrain import (
     _is_torchscript_archive, convert_visual_tower, load_clip_state_dict,
     mmpretrain_tower_cfg, tower_options_from_model_config)
 

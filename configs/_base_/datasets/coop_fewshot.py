@@ -29,7 +29,7 @@ val_dataloader = dict(
         data_root=data_root,
         split='val',
         pipeline={{_base_.test_pipeline}}))
-val_evaluator = dict(type='Accuracy', topk=(1, 5))
+val_evaluator = dict(type='StableAccuracy', topk=(1, 5))
 
 test_dataloader = dict(
     batch_size=256,

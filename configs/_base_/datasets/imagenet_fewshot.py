@@ -40,7 +40,7 @@ val_dataloader = dict(
             split='train',
             pipeline={{_base_.test_pipeline}}),
         **holdout))
-val_evaluator = dict(type='Accuracy', topk=(1, 5))
+val_evaluator = dict(type='StableAccuracy', topk=(1, 5))
 
 test_dataloader = dict(
     batch_size=256,

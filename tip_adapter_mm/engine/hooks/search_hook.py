@@ -1,18 +1,12 @@
 """Searching the cache head's hyperparameters on the validation split."""
-import copy
 import os.path as osp
-from typing import Optional
 
-import torch
-import torch.nn.functional as F
 from mmengine.hooks import Hook
 
 from mmpretrain.registry import HOOKS
-from ...utils.features import feature_sets, one_or_tuple
-from ..feature_extraction import dataset_fingerprint, extract_features
-from ..feature_store import FeatureStore
-from ..search import grid_search, save_search_report
-from .build_cache_hook import encoder_description, unwrap
+from ...structures import normalized
+from ..few_shot_builder import few_shot_builder, unwrap
+from ..search import SearchResult, grid_search, save_search_report
 
 
 def _same_split(cfg) -> bool:
@@ -34,12 +28,15 @@ class HyperparameterSearchHook(Hook):
     fine-tuned keys and saves the result as ``<work_dir>/final_searched.pth``
     (what ``tools/test.py CONFIG CHECKPOINT`` takes).
 
-    Features of the search split are encoded once, saved under
-    ``cache_dir`` and reused. The search is vectorised over the grid and
-    chunked over samples (:func:`grid_search`); the accuracy of every grid
-    point goes to ``<log_dir>/hyperparameter_search.json`` with a heatmap
-    ``.png``. Runs once per cache: not again if the head was searched
-    already (e.g. loaded from a checkpoint that was).
+    Features of the search split come from the runner's
+    :class:`FewShotBuilder` (encoded once, stored, shared with the val and
+    test loops). The search is vectorised over the grid and chunked over
+    samples (:func:`grid_search`); the accuracy of every grid point goes to
+    ``<log_dir>/hyperparameter_search.json`` with a heatmap ``.png``. Runs
+    once per fit: not again if the head was searched already (e.g. loaded
+    from a checkpoint that was); hyperparameters set by hand
+    (``head.set_hyperparameters``) do not count as searched. A head with
+    nothing to search (zero-shot CLIP, NCM) is left as it is.
 
     Args:
         split (str): 'val' (default, the valid protocol) or 'test', which
@@ -47,7 +44,6 @@ class HyperparameterSearchHook(Hook):
             the reported test accuracy is then optimistically biased.
         chunk_size (int): Samples per chunk of the search.
         max_elements (int): Bound on any temporary tensor of the search.
-        cache_dir (str, optional): Defaults to ``<work_dir>/feature_cache``.
     """
 
     priority = 'NORMAL'
@@ -55,14 +51,12 @@ class HyperparameterSearchHook(Hook):
     def __init__(self,
                  split: str = 'val',
                  chunk_size: int = 4096,
-                 max_elements: int = 2**26,
-                 cache_dir: Optional[str] = None) -> None:
+                 max_elements: int = 2**26) -> None:
         if split not in ('val', 'test'):
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
         self.split = split
         self.chunk_size = int(chunk_size)
         self.max_elements = int(max_elements)
-        self.cache_dir = cache_dir
         self._training = False
 
     def before_train(self, runner) -> None:
@@ -100,22 +94,21 @@ class HyperparameterSearchHook(Hook):
     def search(self, runner, force: bool = False):
         """Search and apply; returns the :class:`SearchResult` or None."""
         head = unwrap(runner.model).head
-        if head.searched and not force:
+        if not head.search_grid() or (head.searched and not force):
             return None
         if self.split == 'test':
             runner.logger.warning(
                 'HyperparameterSearchHook(split="test") searches on the TEST '
                 'split, as the public reference code does for ImageNet. The '
                 'test accuracy it reports is not a valid held-out estimate.')
-        data = self.split_features(runner)
-        device = head.cache_values.device
-        feats = one_or_tuple([
-            F.normalize(f, dim=-1).to(device) for f in feature_sets(data)
-        ])
-        labels = data['labels'].to(device)
-        result = grid_search(head, feats, labels, self.chunk_size,
-                             self.max_elements)
-        head.set_hyperparameters(**result.best)
+        data = few_shot_builder(runner, 'HyperparameterSearchHook')\
+            .split_features(runner, self.split)
+        device = next(iter(head.buffers())).device
+        feats = tuple(f.to(device) for f in normalized(data.feats))
+        result: SearchResult = grid_search(head, feats,
+                                           data.labels.to(device),
+                                           self.chunk_size, self.max_elements)
+        head.apply_search(result.best)
         best = ', '.join(f'{k}={v:.4f}' for k, v in result.best.items())
         runner.logger.info(
             f'Hyperparameter search on {self.split} ({result.num_samples} '
@@ -125,33 +118,3 @@ class HyperparameterSearchHook(Hook):
             paths = save_search_report(result, runner.log_dir)
             runner.logger.info(f'Search report: {", ".join(paths)}')
         return result
-
-    def split_features(self, runner) -> dict:
-        """Raw features and labels of the search split, loaded or encoded."""
-        loader_cfg = copy.deepcopy(
-            dict(runner.cfg.get(f'{self.split}_dataloader') or {}))
-        if not loader_cfg:
-            raise KeyError(f'HyperparameterSearchHook(split={self.split!r}) '
-                           f'needs `{self.split}_dataloader` in the config.')
-        loader_cfg['sampler'] = dict(type='DefaultSampler', shuffle=False)
-        loader = runner.build_dataloader(loader_cfg, seed=runner.seed)
-        store = FeatureStore(
-            self.cache_dir or osp.join(runner.work_dir, 'feature_cache'))
-        description = dict(
-            kind='features',
-            encoder=encoder_description(runner),
-            dataset=loader_cfg['dataset'],
-            samples=dataset_fingerprint(loader.dataset))
-        key = store.key(description)
-        saved = store.load(self.split, key)
-        if saved is not None:
-            runner.logger.info(f'Loaded {self.split} features from '
-                               f'{store.path(self.split, key)}.')
-            return saved
-        runner.logger.info(f'Encoding {len(loader.dataset)} {self.split} '
-                           'images for the hyperparameter search.')
-        with torch.no_grad():
-            data = extract_features(unwrap(runner.model), loader)
-        if runner.rank == 0:
-            store.save(self.split, key, data, description)
-        return data

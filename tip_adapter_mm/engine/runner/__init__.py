@@ -1,3 +1,8 @@
 from .few_shot_runner import FewShotRunner
+from .loops import (FewShotTrainLoop, StoredFeaturesTestLoop,
+                    StoredFeaturesValLoop)
 
-__all__ = ['FewShotRunner']
+__all__ = [
+    'FewShotRunner', 'FewShotTrainLoop', 'StoredFeaturesValLoop',
+    'StoredFeaturesTestLoop'
+]

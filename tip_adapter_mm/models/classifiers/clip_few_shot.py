@@ -1,15 +1,16 @@
 """An MMPretrain classifier for few-shot CLIP adaptation."""
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from mmpretrain.models.classifiers import ImageClassifier
 from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
 from ...datasets.class_names import check_class_names
-from ...datasets.templates import get_templates
-from ..utils import build_zero_shot_weights, check_pretrained
+from ...structures import Features, check_features, normalized
+from ..heads import FewShotHead, ZeroShotHead
+from ..utils import build_zero_shot_weights, check_pretrained, get_templates
 
 #: CLIP's normalisation, on the 0-255 scale of MMPretrain's preprocessor.
 CLIP_MEAN = tuple(255 * m for m in (0.48145466, 0.4578275, 0.40821073))
@@ -29,7 +30,7 @@ def _last_2d(outputs, name: str, neck: str) -> torch.Tensor:
 
 @MODELS.register_module()
 class CLIPFewShotClassifier(ImageClassifier):
-    """Frozen visual encoder(s), L2-normalised features, a cache-model head.
+    """Frozen visual encoder(s), L2-normalised features, a few-shot head.
 
     The visual encoder is ``backbone`` (e.g. ``OpenCLIPVisualBackbone``,
     MMPretrain's ``VisionTransformer`` or ``ModifiedResNet`` with converted
@@ -40,12 +41,13 @@ class CLIPFewShotClassifier(ImageClassifier):
     (:class:`DualCacheTipAdapterHead`). Encoders are frozen: no gradient,
     always in eval mode (BatchNorm statistics never move).
 
-    The head receives ``(F.normalize(f),)``, or ``(F.normalize(f),
-    F.normalize(f2))`` with a second encoder. Heads that use CLIP's
-    zero-shot classifier (``set_zero_shot_weights``) get it from
-    :meth:`build_zero_shot_weights`, which builds ``text_encoder`` only for
-    the time it takes; heads without (:class:`CacheOnlyHead`) need no text
-    tower.
+    The head (a :class:`FewShotHead`) receives a tuple with one
+    L2-normalised ``(B, C_e)`` tensor per encoder: ``(f, )``, or ``(f, f2)``
+    with a second encoder. Heads with CLIP's zero-shot term
+    (:class:`ZeroShotHead` and its subclasses) get ``zero_shot_weights``
+    from :meth:`build_zero_shot_weights`, which builds ``text_encoder`` only
+    for the time it takes; the others (:class:`CacheOnlyHead`,
+    :class:`NCMHead`) need no text tower.
 
     Args:
         backbone (dict): Visual encoder.
@@ -71,10 +73,11 @@ class CLIPFewShotClassifier(ImageClassifier):
             :class:`FeatureOrImageDataPreprocessor` with CLIP's mean and
             std, BGR to RGB.
 
-    Inputs are images ``(B, 3, H, W)``, or raw features already encoded by
-    these encoders (Tip-Adapter-F training on cached views), which skip
-    them: ``(B, C)``, or a tuple ``((B, C), (B, C2))`` with a second
-    encoder.
+    :meth:`forward` takes either preprocessed images ``inputs`` ``(B, 3, H,
+    W)``, which the encoders encode, or ``feats``: features these encoders
+    encoded earlier (stored features, Tip-Adapter-F's cached views), one
+    raw ``(B, C_e)`` tensor per encoder, which skip them. The two are
+    separate arguments; nothing is told apart by its shape.
     """
 
     def __init__(self,
@@ -118,6 +121,11 @@ class CLIPFewShotClassifier(ImageClassifier):
             raise ValueError('Set both model.second_mean and '
                              'model.second_std, or neither.')
         if second_mean is not None:
+            if getattr(self.data_preprocessor, 'mean', None) is None:
+                raise ValueError(
+                    'model.second_mean/second_std re-normalise the images '
+                    'that data_preprocessor normalised, but it has no mean '
+                    'and std.')
             for name, value in (('second_mean', second_mean),
                                 ('second_std', second_std)):
                 if len(value) != 3:
@@ -133,7 +141,12 @@ class CLIPFewShotClassifier(ImageClassifier):
                 persistent=False)
         else:
             self.second_mean = self.second_std = None
-        wanted = getattr(self.head, 'num_feature_sets', 1)
+        if not isinstance(self.head, FewShotHead):
+            raise TypeError(
+                f'CLIPFewShotClassifier needs a few-shot head (a subclass of '
+                f'FewShotHead, e.g. TipAdapterHead), got '
+                f'{type(self.head).__name__}.')
+        wanted = self.head.num_feature_sets
         if wanted != self.num_feature_sets:
             raise ValueError(
                 f'{type(self.head).__name__} takes features of {wanted} '
@@ -171,7 +184,10 @@ class CLIPFewShotClassifier(ImageClassifier):
     def init_weights(self) -> None:
         """MMEngine's initialisation, then a check that every ``Pretrained``
         ``init_cfg`` of an encoder covered all its weights with the right
-        shapes (MMEngine only warns)."""
+        shapes (MMEngine only warns). Once: a model already initialised is
+        left as it is (the runner may ask again before training)."""
+        if self.is_init:
+            return
         super().init_weights()
         for name, module in (('backbone', self.backbone),
                              ('neck', getattr(self, 'neck', None)),
@@ -185,26 +201,18 @@ class CLIPFewShotClassifier(ImageClassifier):
         if self.second_mean is None:
             return inputs
         pre = self.data_preprocessor
-        if getattr(pre, '_enable_normalize', False):
-            inputs = inputs * pre.std + pre.mean
+        inputs = inputs * pre.std + pre.mean
         return (inputs - self.second_mean) / self.second_std
 
-    def encode_image(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]]
-                     ) -> Tuple[torch.Tensor, ...]:
-        """Raw visual features, one ``(B, C)`` tensor per encoder.
-
-        ``inputs`` are preprocessed images ``(B, 3, H, W)``, or features
-        already encoded: ``(B, C)`` or one such tensor per encoder, which
-        are returned as they are.
-        """
-        if isinstance(inputs, (tuple, list)) or inputs.dim() == 2:
-            feats = ((inputs, ) if isinstance(inputs, torch.Tensor) else
-                     tuple(inputs))
-            if len(feats) != self.num_feature_sets:
-                raise ValueError(
-                    f'Got {len(feats)} feature tensor(s) per sample; this '
-                    f'model has {self.num_feature_sets} visual encoder(s).')
-            return tuple(f.float() for f in feats)
+    def encode_image(self, inputs: torch.Tensor) -> Features:
+        """Raw visual features of preprocessed images ``(B, 3, H, W)``: one
+        ``(B, C_e)`` tensor per encoder."""
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
+            got = (tuple(inputs.shape) if isinstance(inputs, torch.Tensor)
+                   else type(inputs).__name__)
+            raise ValueError(
+                f'encode_image takes preprocessed images (B, 3, H, W), got '
+                f'{got}; features already encoded go to forward(feats=...).')
         with torch.no_grad():
             x = self.backbone(inputs)
             if self.with_neck:
@@ -218,16 +226,52 @@ class CLIPFewShotClassifier(ImageClassifier):
                                    'model.second_neck'), )
         return feats
 
-    def extract_feat(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
-                     stage: str = 'neck') -> Tuple[torch.Tensor, ...]:
-        """L2-normalised visual features: a tuple of one ``(B, C)`` tensor
-        per encoder."""
-        return tuple(
-            F.normalize(f, dim=-1) for f in self.encode_image(inputs))
+    def extract_feat(self, inputs: torch.Tensor,
+                     stage: str = 'neck') -> Features:
+        """L2-normalised visual features of preprocessed images: one ``(B,
+        C_e)`` tensor per encoder."""
+        return normalized(self.encode_image(inputs))
+
+    def normalize_features(self, feats: Features) -> Features:
+        """Check raw features from these encoders (one ``(B, C_e)`` tensor
+        per encoder) and L2-normalise them."""
+        return normalized(
+            check_features(feats, self.num_feature_sets,
+                           'CLIPFewShotClassifier(feats=...)'))
+
+    def forward(self,
+                inputs: Optional[torch.Tensor] = None,
+                data_samples: Optional[List[DataSample]] = None,
+                mode: str = 'tensor',
+                feats: Optional[Features] = None):
+        """MMPretrain's three modes, from images or from features.
+
+        Args:
+            inputs: Preprocessed images ``(B, 3, H, W)``.
+            data_samples: As :class:`ImageClassifier`.
+            mode: ``'tensor'`` (logits ``(B, N)``), ``'loss'`` or
+                ``'predict'``.
+            feats: Instead of ``inputs``: raw features already encoded by
+                these encoders, one ``(B, C_e)`` tensor per encoder.
+        """
+        if (inputs is None) == (feats is None):
+            raise ValueError('CLIPFewShotClassifier.forward takes images '
+                             '(inputs=...) or encoded features (feats=...), '
+                             'exactly one of them.')
+        feats = (self.extract_feat(inputs) if feats is None else
+                 self.normalize_features(feats))
+        if mode == 'tensor':
+            return self.head(feats)
+        if mode == 'loss':
+            return self.head.loss(feats, data_samples)
+        if mode == 'predict':
+            return self.head.predict(feats, data_samples)
+        raise RuntimeError(f'Invalid mode "{mode}".')
 
     @property
     def needs_zero_shot_weights(self) -> bool:
-        return (hasattr(self.head, 'set_zero_shot_weights')
+        """Whether the head has a zero-shot term still without weights."""
+        return (isinstance(self.head, ZeroShotHead)
                 and not self.head.has_zero_shot_weights)
 
     @torch.no_grad()
@@ -252,7 +296,7 @@ class CLIPFewShotClassifier(ImageClassifier):
                 f'{type(self.head).__name__} needs zero-shot weights: set '
                 'model.text_encoder (e.g. OpenCLIPTextEncoder).')
         encoder = MODELS.build(self.text_encoder_cfg)
-        encoder.to(self.head.cache_values.device)
+        encoder.to(self.head.is_searched.device)
         weights = build_zero_shot_weights(encoder, dataset_classes,
                                           self.templates)
         self.head.set_zero_shot_weights(weights)

@@ -1,11 +1,16 @@
-from .ape_head import APEHead
-from .base_cache_head import BaseCacheHead, SearchStage
+from .ape_head import APEHead, SelectedChannelsCache, select_channels
+from .base_head import FewShotHead, SearchStage
+from .cache_model import KeyValueCache
 from .cache_only_head import CacheOnlyHead
 from .dual_cache_head import DualCacheTipAdapterHead
 from .gda_head import GDAHead
-from .tip_adapter_head import TipAdapterHead
-from .zero_shot_head import ZeroShotCacheHead
+from .ncm_head import NCMHead
+from .tip_adapter_head import TipAdapterHead, linear_grid
+from .zero_shot_head import ZeroShotHead
 
-__all__ = ['BaseCacheHead', 'SearchStage', 'ZeroShotCacheHead',
-           'TipAdapterHead', 'DualCacheTipAdapterHead', 'CacheOnlyHead',
-           'GDAHead', 'APEHead']
+__all__ = [
+    'FewShotHead', 'SearchStage', 'KeyValueCache', 'ZeroShotHead',
+    'TipAdapterHead', 'DualCacheTipAdapterHead', 'CacheOnlyHead', 'GDAHead',
+    'APEHead', 'SelectedChannelsCache', 'select_channels', 'NCMHead',
+    'linear_grid'
+]

@@ -1,14 +1,14 @@
 """Tip-Adapter with a second cache whose keys come from another visual
 encoder (CaFo's DINO cache, any MMPretrain backbone)."""
 from collections import OrderedDict
-from typing import List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
 from mmpretrain.registry import MODELS
-from .base_cache_head import SearchStage
-from .cache_model import cache_logits, count_correct_on_grid
+from ...structures import Features
+from .base_head import SearchStage
+from .cache_model import KeyValueCache
 from .tip_adapter_head import TipAdapterHead, linear_grid
 
 
@@ -18,11 +18,11 @@ class DualCacheTipAdapterHead(TipAdapterHead):
     of the CLIP encoder and ``f2`` ``(B, C2)`` of the second encoder::
 
         logits = clip_logit_scale * f @ zero_shot_weights
-               + alpha  * exp(-beta  * (1 - f  @ cache_keys.T))        @ L
-               + alpha2 * exp(-beta2 * (1 - f2 @ second_cache_keys.T)) @ L
+               + alpha  * exp(-beta  * (1 - f  @ cache.keys.T))        @ L
+               + alpha2 * exp(-beta2 * (1 - f2 @ second_cache.keys.T)) @ L
 
-    Both caches hold the same few-shot images, so they share the one-hot
-    ``cache_values`` ``L``. ``alpha2 = 0`` gives Tip-Adapter exactly.
+    Both caches hold the same few-shot images, so their values ``L`` are the
+    same one-hot labels. ``alpha2 = 0`` gives Tip-Adapter exactly.
 
     The search runs in two stages (``search_mode='staged'``, the
     default): first ``(beta, alpha)`` with the second cache off, which is
@@ -33,21 +33,24 @@ class DualCacheTipAdapterHead(TipAdapterHead):
 
     Args:
         num_classes (int): N.
-        alpha, beta (float): First cache, before the search.
-        alpha2, beta2 (float): Second cache, before the search.
+        alpha, beta (float): First cache, fixed values.
+        alpha2, beta2 (float): Second cache, fixed values.
         search_scale, search_step (tuple): ``(beta, alpha)`` grid.
         second_search_scale, second_search_step (tuple): ``(beta2,
             alpha2)`` grid; alpha2 also takes 0.
         search_mode (str): 'staged' or 'joint'.
         train_cache_keys (bool): Tip-Adapter-F: both key sets are learnable.
-        **kwargs: As :class:`TipAdapterHead`.
-
-    Buffers: ``second_cache_keys`` ``(NK, C2)`` besides Tip-Adapter's.
+        clip_logit_scale, loss, topk, init_cfg: As :class:`TipAdapterHead`.
     """
 
-    dynamic_buffers = TipAdapterHead.dynamic_buffers + ('second_cache_keys', )
-    #: Feature sets :meth:`forward` takes: the classifier's two encoders.
+    legacy_names = {
+        **TipAdapterHead.legacy_names,
+        'cache_values': ('cache.values', 'second_cache.values'),
+        'second_cache_keys': ('second_cache.keys', ),
+        'beta2': ('second_cache.beta', ),
+    }
     num_feature_sets = 2
+    method_name = 'Tip-Adapter (two caches)'
 
     def __init__(self,
                  num_classes: int,
@@ -64,7 +67,7 @@ class DualCacheTipAdapterHead(TipAdapterHead):
                  train_cache_keys: bool = False,
                  loss: dict = dict(type='CrossEntropyLoss', loss_weight=1.0),
                  topk: Union[int, Tuple[int]] = (1, ),
-                 init_cfg: Union[dict, None] = None) -> None:
+                 init_cfg: Optional[dict] = None) -> None:
         super().__init__(
             num_classes,
             alpha=alpha,
@@ -80,65 +83,30 @@ class DualCacheTipAdapterHead(TipAdapterHead):
             raise ValueError("search_mode must be 'staged' or 'joint', got "
                              f'{search_mode!r}.')
         self.search_mode = search_mode
+        self.second_cache = KeyValueCache(
+            self.num_classes, beta=beta2, learnable_keys=train_cache_keys)
         self.register_hyperparameter('alpha2', alpha2)
-        self.register_hyperparameter('beta2', beta2)
+        self.register_hyperparameter('beta2', beta2, path='second_cache.beta')
         self.second_search_scale = tuple(float(s) for s in second_search_scale)
         self.second_search_step = tuple(int(s) for s in second_search_step)
-        self.register_cache_keys('second_cache_keys')
 
-    # -- cache ---------------------------------------------------------------
     @property
-    def has_cache(self) -> bool:
-        return super().has_cache and self.second_cache_keys.numel() > 0
+    def is_fitted(self) -> bool:
+        return self.cache.is_built and self.second_cache.is_built
 
-    def set_second_cache_keys(self, keys: torch.Tensor) -> None:
-        """Store the second encoder's keys ``(NK, C2)``, one per key of the
-        first cache (same images, same order)."""
-        if keys.dim() != 2 or len(keys) != len(self.cache_values):
-            raise ValueError(
-                f'Expected second_cache_keys ({len(self.cache_values)}, C2) '
-                f'for the {len(self.cache_values)} cached images, got '
-                f'{tuple(keys.shape)}.')
-        self.assign_cache_keys('second_cache_keys', keys)
+    def fit(self, view_feats: Features, labels: torch.Tensor) -> None:
+        """Both caches from the same views: ``((V, S, C), (V, S, C2))``."""
+        views, second_views = self.check_views(view_feats, labels)
+        self.cache.build(views, labels)
+        self.second_cache.build(second_views, labels)
 
-    def build_cache(self, view_feats: Sequence[torch.Tensor],
-                    labels: torch.Tensor) -> None:
-        """Both caches from the same views.
-
-        Args:
-            view_feats: Raw features of ``V`` views of ``S`` images, one
-                tensor per encoder: ``(V, S, C)`` and ``(V, S, C2)``.
-            labels: ``(S,)``.
-        """
-        first, second = self._two(view_feats)
-        super().build_cache(first, labels)
-        self.set_second_cache_keys(
-            F.normalize(second.float().mean(dim=0), dim=-1))
-
-    def _two(self, feats) -> Tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(feats, torch.Tensor) or len(feats) != 2:
-            got = 1 if isinstance(feats, torch.Tensor) else len(feats)
-            raise ValueError(
-                f'{type(self).__name__} takes features of two visual '
-                f'encoders, got {got}: set model.second_backbone.')
-        return feats[0], feats[1]
-
-    def second_cache_logits(self, feats2: torch.Tensor) -> torch.Tensor:
-        """``(B, C2) -> (B, N)``, at the current ``beta2``."""
-        self._require_cache()
-        return cache_logits(feats2, self.second_cache_keys,
-                            self.cache_values, self.beta2)
-
-    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, feats: Features) -> torch.Tensor:
         """Logits ``(B, N)`` of normalised features ``(f, f2)``."""
-        f, f2 = self._two(feats)
-        return (self.clip_logits(f) + self.alpha * self.cache_logits(f) +
-                self.alpha2 * self.second_cache_logits(f2))
+        f, f2 = self.pre_logits(feats)
+        return (self.clip_logits(f) + self.alpha * self.cache.logits(f) +
+                self.alpha2 * self.second_cache.logits(f2))
 
     # -- search --------------------------------------------------------------
-    def first_grid(self) -> 'OrderedDict[str, torch.Tensor]':
-        return TipAdapterHead.search_grid(self)
-
     def second_grid(self) -> 'OrderedDict[str, torch.Tensor]':
         scale, step = self.second_search_scale, self.second_search_step
         return OrderedDict(
@@ -149,58 +117,48 @@ class DualCacheTipAdapterHead(TipAdapterHead):
     def search_grid(self) -> 'OrderedDict[str, torch.Tensor]':
         """All four hyperparameters' values: ``(beta, alpha, beta2,
         alpha2)``; see :meth:`search_stages` for how they are visited."""
-        return OrderedDict(**self.first_grid(), **self.second_grid())
+        return OrderedDict(**super().search_grid(), **self.second_grid())
 
     def search_stages(self) -> List[SearchStage]:
         if self.search_mode == 'joint':
             return [SearchStage(self.search_grid(), self.count_correct)]
         return [
-            SearchStage(self.first_grid(), self.count_correct_first),
+            SearchStage(super().search_grid(), super().count_correct),
             SearchStage(self.second_grid(), self.count_correct_second)
         ]
 
     @torch.no_grad()
-    def count_correct_first(self, feats, labels: torch.Tensor,
-                            max_elements: int = 2**26) -> torch.Tensor:
-        """Stage 1: ``(n_beta, n_alpha)`` counts of Tip-Adapter, the second
-        cache off."""
-        f, _ = self._two(feats)
-        return TipAdapterHead.count_correct(self, f, labels, max_elements)
-
-    @torch.no_grad()
-    def count_correct_second(self, feats, labels: torch.Tensor,
+    def count_correct_second(self, feats: Features, labels: torch.Tensor,
+                             params: Dict[str, float],
                              max_elements: int = 2**26) -> torch.Tensor:
-        """Stage 2: ``(n_beta2, n_alpha2)`` counts, the first cache at the
-        current ``(beta, alpha)``."""
-        f, f2 = self._two(feats)
-        self._require_cache()
+        """Stage 2: ``(n_beta2, n_alpha2)`` counts, the first cache at
+        ``params['beta']``, ``params['alpha']``."""
+        f, f2 = feats
         grid = self.second_grid()
-        base = self.clip_logits(f) + self.alpha * self.cache_logits(f)
-        return count_correct_on_grid(
-            f2, self.second_cache_keys, self.cache_values, labels,
-            grid['beta2'], grid['alpha2'], base_logits=base,
+        base = self.clip_logits(f) + params['alpha'] * self.cache.logits(
+            f, beta=params['beta'])
+        return self.second_cache.count_correct(
+            f2, labels, grid['beta2'], grid['alpha2'], base_logits=base,
             max_elements=max_elements)
 
     @torch.no_grad()
-    def count_correct(self, feats, labels: torch.Tensor,
+    def count_correct(self, feats: Features, labels: torch.Tensor,
+                      params: Dict[str, float],
                       max_elements: int = 2**26) -> torch.Tensor:
         """Counts over the joint grid, ``(n_beta, n_alpha, n_beta2,
         n_alpha2)``: one Tip-Adapter grid count per ``(beta2, alpha2)``."""
-        f, f2 = self._two(feats)
-        self._require_cache()
-        first, second = self.first_grid(), self.second_grid()
+        f, f2 = feats
+        first, second = super().search_grid(), self.second_grid()
         clip = self.clip_logits(f)
+        affinity = self.cache.affinity(f)
         correct = torch.empty(
             *(len(g) for g in first.values()),
             *(len(g) for g in second.values()), dtype=torch.int64)
         for i, beta2 in enumerate(second['beta2'].tolist()):
-            logits2 = cache_logits(f2, self.second_cache_keys,
-                                   self.cache_values,
-                                   torch.tensor(beta2, device=f2.device))
+            logits2 = self.second_cache.logits(f2, beta=beta2)
             for j, alpha2 in enumerate(second['alpha2'].tolist()):
-                correct[:, :, i, j] = count_correct_on_grid(
-                    f, self.cache_keys, self.cache_values, labels,
-                    first['beta'], first['alpha'],
-                    base_logits=clip + float(alpha2) * logits2,
+                correct[:, :, i, j] = self.cache.count_correct(
+                    f, labels, first['beta'], first['alpha'],
+                    base_logits=clip + alpha2 * logits2, affinity=affinity,
                     max_elements=max_elements)
         return correct

@@ -1,16 +1,18 @@
 """GDA: Gaussian discriminant analysis on the few-shot views, plus CLIP."""
 from collections import OrderedDict
-from typing import Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from mmpretrain.registry import MODELS
-from .zero_shot_head import ZeroShotCacheHead
+from ...evaluation import top1_hits
+from ...structures import Features
+from .zero_shot_head import ZeroShotHead
 
 
 @MODELS.register_module()
-class GDAHead(ZeroShotCacheHead):
+class GDAHead(ZeroShotHead):
     """Training-free GDA head ("A Hard-to-Beat Baseline for Training-free
     CLIP-based Adaptation", ICLR 2024) for normalised features ``f``
     ``(B, C)``::
@@ -29,13 +31,16 @@ class GDAHead(ZeroShotCacheHead):
 
     Args:
         num_classes (int): N.
-        alpha (float): Weight of the GDA logits before the search.
+        alpha (float): Weight of the GDA logits: the fixed value.
         alpha_grid (sequence of float): Values searched for ``alpha``.
-        clip_logit_scale (float): As :class:`ZeroShotCacheHead`.
+        clip_logit_scale, loss, topk, init_cfg: As :class:`ZeroShotHead`.
     """
 
-    dynamic_buffers = ('cache_keys', 'cache_values', 'zero_shot_weights',
-                       'gda_weights', 'gda_bias')
+    dynamic_buffers = ZeroShotHead.dynamic_buffers + ('gda_weights',
+                                                      'gda_bias')
+    # Earlier versions kept an (always empty) cache in GDA checkpoints.
+    legacy_names = {'cache_keys': (), 'cache_values': ()}
+    method_name = 'GDA'
 
     def __init__(self,
                  num_classes: int,
@@ -45,7 +50,7 @@ class GDAHead(ZeroShotCacheHead):
                  clip_logit_scale: float = 100.0,
                  loss: dict = dict(type='CrossEntropyLoss', loss_weight=1.0),
                  topk: Union[int, Tuple[int]] = (1, ),
-                 init_cfg: Union[dict, None] = None) -> None:
+                 init_cfg: Optional[dict] = None) -> None:
         super().__init__(
             num_classes,
             clip_logit_scale=clip_logit_scale,
@@ -58,19 +63,19 @@ class GDAHead(ZeroShotCacheHead):
         self.register_buffer('gda_bias', torch.zeros(0))
 
     @property
-    def has_cache(self) -> bool:
+    def is_fitted(self) -> bool:
         return self.gda_weights.numel() > 0
 
     @torch.no_grad()
-    def build_cache(self, view_feats: torch.Tensor,
-                    labels: torch.Tensor) -> None:
-        """Fit class means and the shared precision on the views.
+    def fit(self, view_feats: Features, labels: torch.Tensor) -> None:
+        """Fit class means and the shared precision on every view.
 
         Args:
-            view_feats: Raw features ``(V, S, C)`` of ``V`` views of ``S``
-                images.
+            view_feats: Raw features ``((V, S, C), )`` of ``V`` views of
+                ``S`` images.
             labels: ``(S,)``.
         """
+        view_feats, = self.check_views(view_feats, labels)
         num_views, _, channels = view_feats.shape
         vecs = F.normalize(view_feats.double().reshape(-1, channels), dim=-1)
         targets = labels.long().repeat(num_views)
@@ -90,19 +95,16 @@ class GDAHead(ZeroShotCacheHead):
         weights = precision @ means.t()  # (C, N)
         priors = counts.double() / counts.sum()
         bias = priors.log() - 0.5 * (means * weights.t()).sum(dim=1)
-        device = self.cache_values.device
+        device = self.zero_shot_weights.device
         self.gda_weights = weights.float().to(device)
         self.gda_bias = bias.float().to(device)
 
     def gda_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """``(B, C) -> (B, N)`` linear discriminant scores."""
-        if not self.has_cache:
-            raise RuntimeError(
-                'GDAHead is not fitted yet: add BuildCacheHook to '
-                'custom_hooks, or load a checkpoint that holds it.')
+        self._require_fitted()
         return feats @ self.gda_weights + self.gda_bias
 
-    def forward(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
+    def forward(self, feats: Features) -> torch.Tensor:
         f = self.pre_logits(feats)
         return self.clip_logits(f) + self.alpha * self.gda_logits(f)
 
@@ -111,16 +113,17 @@ class GDAHead(ZeroShotCacheHead):
             alpha=torch.tensor(self.alpha_grid, dtype=torch.float64))
 
     @torch.no_grad()
-    def count_correct(self, feats: torch.Tensor, labels: torch.Tensor,
+    def count_correct(self, feats: Features, labels: torch.Tensor,
+                      params: Dict[str, float],
                       max_elements: int = 2**26) -> torch.Tensor:
-        alphas = self.search_grid()['alpha'].to(feats.device, torch.float32)
-        clip_logits = self.clip_logits(feats)  # (M, N)
-        gda_logits = self.gda_logits(feats)  # (M, N)
+        f = feats[0]
+        alphas = self.search_grid()['alpha'].to(f.device, torch.float32)
+        clip_logits = self.clip_logits(f)  # (M, N)
+        gda_logits = self.gda_logits(f)  # (M, N)
         chunk = max(1, min(len(alphas), max_elements // clip_logits.numel()))
         correct = torch.empty(len(alphas), dtype=torch.int64)
         for start in range(0, len(alphas), chunk):
             alpha = alphas[start:start + chunk, None, None]
             logits = clip_logits + alpha * gda_logits  # (a, M, N)
-            hits = logits.argmax(dim=-1) == labels
-            correct[start:start + chunk] = hits.sum(dim=-1).cpu()
+            correct[start:start + chunk] = top1_hits(logits, labels).cpu()
         return correct

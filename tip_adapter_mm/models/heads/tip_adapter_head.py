@@ -1,47 +1,56 @@
 """Tip-Adapter: zero-shot CLIP plus a training-free cache model."""
 from collections import OrderedDict
-from typing import Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
 from mmpretrain.registry import MODELS
-from .cache_model import cache_logits, count_correct_on_grid
-from .zero_shot_head import ZeroShotCacheHead
+from ...structures import Features
+from .cache_model import KeyValueCache
+from .zero_shot_head import ZeroShotHead
 
 
 def linear_grid(scale: float, steps: int) -> torch.Tensor:
     """``i * (scale - 0.1) / steps + 0.1`` for ``i`` in ``[0, steps)``,
-    float64, as the reference search computes it."""
+    float64, as Tip-Adapter's reference search computes it."""
     return torch.tensor([i * (scale - 0.1) / steps + 0.1
                          for i in range(int(steps))], dtype=torch.float64)
 
 
 @MODELS.register_module()
-class TipAdapterHead(ZeroShotCacheHead):
-    """Tip-Adapter logits (SPEC section 1) for features ``f`` ``(B, C)``::
+class TipAdapterHead(ZeroShotHead):
+    """Tip-Adapter (Zhang et al., ECCV 2022) for L2-normalised features
+    ``f`` ``(B, C)``::
 
         clip_logits  = clip_logit_scale * f @ zero_shot_weights
-        affinity     = f @ cache_keys.T
-        cache_logits = exp(-beta * (1 - affinity)) @ cache_values
+        cache_logits = exp(-beta * (1 - f @ cache.keys.T)) @ cache.values
         logits       = clip_logits + alpha * cache_logits
 
-    ``alpha = 0`` gives zero-shot CLIP exactly.
+    ``alpha = 0`` gives zero-shot CLIP exactly. The cache
+    (:class:`KeyValueCache`: keys ``(NK, C)``, one-hot values ``(NK, N)``,
+    ``beta``) is fitted on the views of the few-shot set: their raw
+    features averaged per image, then normalised.
 
     Args:
         num_classes (int): N.
-        alpha (float): Weight of the cache logits before the search.
-        beta (float): Sharpness of the affinities before the search.
+        alpha (float): Weight of the cache logits: the fixed value, and the
+            one the Tip-Adapter-F loss uses.
+        beta (float): Sharpness of the affinities, likewise.
         search_scale (tuple): ``(beta, alpha)`` upper ends of the grid.
-        search_step (tuple): ``(beta, alpha)`` numbers of grid points.
-        clip_logit_scale (float): Scale of the zero-shot logits; 100, the
-            learned scale of released CLIP models. The classifier replaces
-            it with the model's own ``logit_scale.exp()`` when asked.
+        search_step (tuple): ``(beta, alpha)`` numbers of grid points
+            (:func:`linear_grid`).
+        clip_logit_scale (float): As :class:`ZeroShotHead`.
         train_cache_keys (bool): Tip-Adapter-F: the keys are learnable and
-            trained with cross-entropy on these logits at the initial
-            alpha and beta.
-
-    Buffers: ``zero_shot_weights`` ``(C, N)`` besides the cache.
+            trained with cross-entropy on these logits.
+        loss, topk, init_cfg: As :class:`ZeroShotHead`.
     """
+
+    legacy_names = {
+        'cache_keys': ('cache.keys', ),
+        'cache_values': ('cache.values', ),
+        'beta': ('cache.beta', ),
+    }
+    method_name = 'Tip-Adapter'
 
     def __init__(self,
                  num_classes: int,
@@ -53,35 +62,33 @@ class TipAdapterHead(ZeroShotCacheHead):
                  train_cache_keys: bool = False,
                  loss: dict = dict(type='CrossEntropyLoss', loss_weight=1.0),
                  topk: Union[int, Tuple[int]] = (1, ),
-                 init_cfg: Union[dict, None] = None) -> None:
+                 init_cfg: Optional[dict] = None) -> None:
         super().__init__(
             num_classes,
             clip_logit_scale=clip_logit_scale,
-            train_cache_keys=train_cache_keys,
             loss=loss,
             topk=topk,
             init_cfg=init_cfg)
+        self.cache = KeyValueCache(
+            self.num_classes, beta=beta, learnable_keys=train_cache_keys)
         self.register_hyperparameter('alpha', alpha)
-        self.register_hyperparameter('beta', beta)
+        self.register_hyperparameter('beta', beta, path='cache.beta')
         self.search_scale = tuple(float(s) for s in search_scale)
         self.search_step = tuple(int(s) for s in search_step)
 
-    # -- cache part ----------------------------------------------------------
-    def affinity(self, feats: torch.Tensor) -> torch.Tensor:
-        """``(B, C) -> (B, NK)`` cosine similarity to the cache keys."""
-        self._require_cache()
-        return feats @ self.cache_keys.t()
+    @property
+    def is_fitted(self) -> bool:
+        return self.cache.is_built
 
-    def cache_logits(self, feats: torch.Tensor) -> torch.Tensor:
-        """``(B, C) -> (B, N)``, at the current ``beta``."""
-        self._require_cache()
-        return cache_logits(feats, self.cache_keys, self.cache_values,
-                            self.beta)
+    def fit(self, view_feats: Features, labels: torch.Tensor) -> None:
+        """Build the cache from the views ``((V, S, C), )`` and labels."""
+        views, = self.check_views(view_feats, labels)
+        self.cache.build(views, labels)
 
-    def forward(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
-        """Tip-Adapter logits ``(B, N)`` of normalised features."""
+    def forward(self, feats: Features) -> torch.Tensor:
+        """Tip-Adapter logits ``(B, N)``."""
         f = self.pre_logits(feats)
-        return self.clip_logits(f) + self.alpha * self.cache_logits(f)
+        return self.clip_logits(f) + self.alpha * self.cache.logits(f)
 
     # -- search --------------------------------------------------------------
     def search_grid(self) -> 'OrderedDict[str, torch.Tensor]':
@@ -90,11 +97,12 @@ class TipAdapterHead(ZeroShotCacheHead):
             alpha=linear_grid(self.search_scale[1], self.search_step[1]))
 
     @torch.no_grad()
-    def count_correct(self, feats: torch.Tensor, labels: torch.Tensor,
+    def count_correct(self, feats: Features, labels: torch.Tensor,
+                      params: Dict[str, float],
                       max_elements: int = 2**26) -> torch.Tensor:
-        self._require_cache()
+        """``(n_beta, n_alpha)`` counts of Tip-Adapter's logits."""
+        f = feats[0]
         grid = self.search_grid()
-        return count_correct_on_grid(
-            feats, self.cache_keys, self.cache_values, labels, grid['beta'],
-            grid['alpha'], base_logits=self.clip_logits(feats),
-            max_elements=max_elements)
+        return self.cache.count_correct(
+            f, labels, grid['beta'], grid['alpha'],
+            base_logits=self.clip_logits(f), max_elements=max_elements)

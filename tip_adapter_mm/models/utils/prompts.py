@@ -1,4 +1,5 @@
-"""Prompt templates per dataset (SPEC section 3), in one place."""
+"""Prompt templates per dataset (Tip-Adapter's reference configs), in one
+place: docs/datasets.md lists them."""
 from typing import Dict, Sequence, Tuple, Union
 
 PROMPT_TEMPLATES: Dict[str, Tuple[str, ...]] = {

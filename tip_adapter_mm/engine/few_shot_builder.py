@@ -1,0 +1,300 @@
+"""The one owner of a run's stored features and of fitting its head."""
+import copy
+import os.path as osp
+from contextlib import nullcontext
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from mmengine.dist import barrier, broadcast_object_list, get_dist_info
+from mmengine.model import is_model_wrapper
+from torch.utils.data import DataLoader
+
+from mmpretrain.registry import DATASETS
+from ..datasets.class_names import check_class_names
+from ..datasets.stored_features import StoredFeaturesDataset
+from ..structures import EncodedFeatures
+from .feature_extraction import dataset_fingerprint, extract_features
+from .feature_store import FeatureStore, describe_checkpoint, read_features
+
+#: Model config keys that determine the visual features.
+ENCODER_KEYS = ('backbone', 'neck', 'second_backbone', 'second_neck',
+                'second_mean', 'second_std', 'data_preprocessor')
+
+#: Names of the support-set entries in the feature store.
+SUPPORT_VIEWS = 'support_views'
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DDP wrapper (or the model itself)."""
+    return model.module if is_model_wrapper(model) else model
+
+
+def few_shot_builder(runner, user: str) -> 'FewShotBuilder':
+    """The runner's :class:`FewShotBuilder`, or an error naming ``user``."""
+    builder = getattr(runner, 'few_shot', None)
+    if not isinstance(builder, FewShotBuilder):
+        raise TypeError(f"{user} needs runner_type = 'FewShotRunner' in the "
+                        f'config (it owns the stored features), got '
+                        f'{type(runner).__name__}.')
+    return builder
+
+
+def _describe_weights(module_cfg: Any) -> Any:
+    """A module config with each local weight file (``pretrained``,
+    ``init_cfg.checkpoint``) replaced by its size and mtime."""
+    if not isinstance(module_cfg, dict):
+        return module_cfg
+    module_cfg = dict(module_cfg)
+    if 'pretrained' in module_cfg:
+        module_cfg['pretrained'] = describe_checkpoint(
+            module_cfg['pretrained'])
+    init_cfg = module_cfg.get('init_cfg')
+    if init_cfg is not None:
+        init_cfgs = init_cfg if isinstance(init_cfg, list) else [init_cfg]
+        module_cfg['init_cfg'] = [
+            dict(c, checkpoint=describe_checkpoint(c['checkpoint']))
+            if isinstance(c, dict) and 'checkpoint' in c else c
+            for c in init_cfgs
+        ]
+    return module_cfg
+
+
+def encoder_description(model_cfg: Optional[dict]) -> dict:
+    """What determines the visual features besides the data: the configs of
+    the visual encoder(s) and of the preprocessor, each local weight file
+    with its size and mtime. The head and the text tower are not part of
+    it: every method on the same encoders shares the same features."""
+    model_cfg = copy.deepcopy(dict(model_cfg or {}))
+    description = {
+        key: _describe_weights(model_cfg.get(key))
+        for key in ENCODER_KEYS if model_cfg.get(key) is not None
+    }
+    description.setdefault('data_preprocessor', None)
+    return description
+
+
+class FewShotBuilder:
+    """Encodes what a run needs, once, and fits the run's head.
+
+    :class:`FewShotRunner` owns one (``runner.few_shot``); the hooks and the
+    loops ask it for what they need:
+
+    * :meth:`build_cache` builds the zero-shot weights (heads with a
+      zero-shot term) and fits the head on the ``augment_epoch`` augmented
+      views of the few-shot set (``fewshot_dataloader`` of the config);
+    * :meth:`split_features` gives the features of ``val`` or ``test``;
+    * :meth:`features_dataloader` gives the val and test loops a loader over
+      those features, so that they never run the encoders.
+
+    Everything encoded goes through the :class:`FeatureStore` under
+    ``feature_dir``: the views are keyed by the encoders, the few-shot set
+    (dataset, shots, seed, images), the transforms, the number of views and
+    their seed; a split by the encoders, its dataset config and its images.
+    Every method, shot count, seed and run that asks for the same thing
+    reads the same entry, and a sweep encodes each test image once per
+    encoder. On several ranks, each encodes its share; rank 0 writes.
+
+    Args:
+        augment_epoch (int): Augmented views of each few-shot image
+            (Tip-Adapter's ``augment_epoch``).
+        feature_dir (str, optional): The feature store's folder. Default
+            ``<work_dir>/feature_cache``; a sweep points all its runs at one.
+        seed (int, optional): Seed of the augmentations; default the
+            few-shot dataset's ``seed``.
+    """
+
+    def __init__(self,
+                 augment_epoch: int = 10,
+                 feature_dir: Optional[str] = None,
+                 seed: Optional[int] = None) -> None:
+        if int(augment_epoch) < 1:
+            raise ValueError(f'few_shot_cfg.augment_epoch must be >= 1, got '
+                             f'{augment_epoch}.')
+        self.augment_epoch = int(augment_epoch)
+        self.feature_dir = feature_dir
+        self.seed = seed
+        #: Class names of the few-shot set the head was fitted on, once
+        #: :meth:`build_cache` has read it.
+        self.classes: Optional[Tuple[str, ...]] = None
+        #: The feature-store file of the support views, once encoded or
+        #: loaded (Tip-Adapter-F's fast path trains on it).
+        self.support_views_path: Optional[str] = None
+        self._features: Dict[str, EncodedFeatures] = {}
+        self._datasets: Dict[str, StoredFeaturesDataset] = {}
+        self._split_classes: Dict[str, Any] = {}
+
+    def store(self, runner) -> FeatureStore:
+        return FeatureStore(self.feature_dir
+                            or osp.join(runner.work_dir, 'feature_cache'))
+
+    # -- the head ------------------------------------------------------------
+    def build_cache(self, runner) -> None:
+        """Give the runner's head what it lacks: zero-shot weights, and its
+        fit on the support views. Nothing happens for a head that has both
+        (fitted here before, or loaded from a checkpoint)."""
+        model = unwrap(runner.model)
+        head = model.head
+        if not model.needs_zero_shot_weights and head.is_fitted:
+            return
+        model.init_weights()  # weights of init_cfg before anything is encoded
+        loader_cfg = self._loader_cfg(runner, 'fewshot')
+        fewshot = DATASETS.build(loader_cfg['dataset'])
+        self.classes = tuple(fewshot.metainfo.get('classes') or ())
+        for split, classes in self._split_classes.items():
+            self._check_classes(classes, split)
+        if model.needs_zero_shot_weights:
+            runner.logger.info('Building zero-shot weights for '
+                               f'{len(self.classes)} classes.')
+            model.build_zero_shot_weights(self.classes)
+        if head.is_fitted:
+            return
+        views = self.support_views(runner, loader_cfg, fewshot)
+        view_feats = views.views(self.augment_epoch)
+        labels = views.labels.view(self.augment_epoch, -1)
+        if not torch.equal(labels, labels[:1].expand_as(labels)):
+            raise RuntimeError('Augmented views disagree on labels.')
+        device = next(iter(head.buffers())).device
+        head.fit(tuple(f.to(device) for f in view_feats),
+                 labels[0].to(device))
+        dims = ' and '.join(str(f.shape[-1]) for f in view_feats)
+        runner.logger.info(
+            f'{type(head).__name__} fitted on {len(fewshot)} few-shot images '
+            f'x {self.augment_epoch} augmented views (features of dim '
+            f'{dims}), {head.num_classes} classes.')
+
+    # -- stored features -----------------------------------------------------
+    def support_views(self, runner, loader_cfg: dict,
+                      fewshot) -> EncodedFeatures:
+        """Raw features of the ``augment_epoch`` views of the few-shot set:
+        row ``v * S + s`` is view ``v`` of image ``s``."""
+        seed = self.seed if self.seed is not None else getattr(
+            fewshot, 'seed', runner.seed)
+        description = dict(
+            kind='augmented_views',
+            encoder=encoder_description(runner.cfg.get('model')),
+            dataset=loader_cfg['dataset'],
+            samples=dataset_fingerprint(fewshot),
+            num_views=self.augment_epoch,
+            seed=seed)
+
+        def loader() -> DataLoader:
+            return runner.build_dataloader(
+                dict(loader_cfg,
+                     sampler=dict(type='DefaultSampler', shuffle=False),
+                     dataset=dict(type='AugmentedViewsDataset',
+                                  dataset=fewshot,
+                                  num_views=self.augment_epoch, seed=seed)),
+                seed=runner.seed)
+
+        what = (f'{self.augment_epoch} augmented views of {len(fewshot)} '
+                'few-shot images')
+        features, path = self._load_or_encode(runner, SUPPORT_VIEWS,
+                                              description, loader, what)
+        self.support_views_path = path
+        return features
+
+    def split_features(self,
+                       runner,
+                       split: str,
+                       dataloader: Optional[DataLoader] = None
+                       ) -> EncodedFeatures:
+        """Raw features of the ``val`` or ``test`` split (the config's
+        ``<split>_dataloader``), loaded or encoded once per run.
+
+        Args:
+            runner: The runner.
+            split: 'val' or 'test'.
+            dataloader: The split's image loader if one is built already
+                (the loops'); else it is built from the config.
+        """
+        if split in self._features:
+            return self._features[split]
+        loader_cfg = self._loader_cfg(runner, split)
+        if dataloader is None:
+            dataloader = runner.build_dataloader(
+                dict(loader_cfg,
+                     sampler=dict(type='DefaultSampler', shuffle=False)),
+                seed=runner.seed)
+        dataset = dataloader.dataset
+        self._split_classes[split] = dataset.metainfo.get('classes')
+        self._check_classes(self._split_classes[split], split)
+        description = dict(
+            kind='features',
+            encoder=encoder_description(runner.cfg.get('model')),
+            dataset=loader_cfg['dataset'],
+            samples=dataset_fingerprint(dataset))
+        features, _ = self._load_or_encode(runner, split, description,
+                                           lambda: dataloader,
+                                           f'{len(dataset)} {split} images')
+        self._features[split] = features
+        self._datasets[split] = StoredFeaturesDataset(
+            features, dataset.metainfo, _image_paths(dataset))
+        return features
+
+    def features_dataloader(self, runner, split: str,
+                            dataloader: DataLoader) -> DataLoader:
+        """A loader over the stored features of ``split``, batched and
+        split across ranks like ``dataloader`` (the split's image loader)."""
+        self.split_features(runner, split, dataloader)
+        return runner.build_dataloader(
+            dict(batch_size=dataloader.batch_size,
+                 num_workers=0,
+                 sampler=dict(type='DefaultSampler', shuffle=False),
+                 collate_fn=dict(type='pseudo_collate'),
+                 dataset=self._datasets[split]),
+            seed=runner.seed)
+
+    def _load_or_encode(self, runner, name: str, description: dict,
+                        make_loader, what: str) -> Tuple[EncodedFeatures, str]:
+        """The entry ``(name, description)`` of the store, read or encoded
+        (by all ranks) and written (by rank 0, under the entry's lock)."""
+        store = self.store(runner)
+        path = store.path(name, description)
+        rank, world_size = get_dist_info()
+        with store.lock(name, description) if rank == 0 else nullcontext():
+            found = [store.load(name, description) if rank == 0 else None]
+            exists = [found[0] is not None]
+            if world_size > 1:
+                broadcast_object_list(exists, src=0)
+            if exists[0]:
+                runner.logger.info(f'Loaded the features of {what} from '
+                                   f'{path}.')
+                features = (found[0] if rank == 0 else read_features(
+                    path, description))
+            else:
+                runner.logger.info(f'Encoding {what}.')
+                model = unwrap(runner.model)
+                model.init_weights()
+                features = extract_features(model, make_loader())
+                if rank == 0:
+                    store.save(name, description, features)
+                    runner.logger.info(f'Saved them to {path}.')
+        if world_size > 1:
+            barrier()  # the file exists for every rank from here on
+        return features, path
+
+    # -- configs and checks --------------------------------------------------
+    @staticmethod
+    def _loader_cfg(runner, split: str) -> dict:
+        cfg = runner.cfg.get(f'{split}_dataloader')
+        if not cfg:
+            where = ('the few-shot train loader that the cache is built '
+                     'from (see configs/_base_/datasets/)' if split
+                     == 'fewshot' else f'the {split} split')
+            raise KeyError(f'The config has no `{split}_dataloader`: add '
+                           f'{where}.')
+        return copy.deepcopy(dict(cfg))
+
+    def _check_classes(self, classes: Any, split: str) -> None:
+        if self.classes and classes is not None:
+            check_class_names(self.classes, classes, 'the few-shot train set',
+                              f'the {split} set')
+
+
+def _image_paths(dataset) -> Optional[list]:
+    """Each sample's ``img_path``, if the dataset has them."""
+    if not hasattr(dataset, 'get_data_info') or not len(dataset):
+        return None
+    if 'img_path' not in dataset.get_data_info(0):
+        return None
+    return [dataset.get_data_info(i)['img_path'] for i in range(len(dataset))]

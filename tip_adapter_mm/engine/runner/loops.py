@@ -1,0 +1,131 @@
+"""Loops that run on stored features instead of images."""
+import copy
+from typing import Dict, Optional, Sequence, Union
+
+from mmengine.dist import get_world_size
+from mmengine.runner import EpochBasedTrainLoop, TestLoop, ValLoop
+from torch.utils.data import DataLoader
+
+from mmpretrain.registry import LOOPS
+from ..few_shot_builder import few_shot_builder
+
+
+class StoredFeaturesLoopMixin:
+    """Iterate the stored features of ``split`` instead of its images.
+
+    The split's image loader is built as usual (``self.image_dataloader``);
+    at each run :class:`FewShotBuilder` gives a loader over the split's
+    features with the same batch size and rank split (encoding the images
+    once, or reading them from the feature store), so the encoders do no
+    work in the loop.
+    """
+
+    split: str
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.image_dataloader = self.dataloader
+
+    def run(self) -> dict:
+        builder = few_shot_builder(self.runner, type(self).__name__)
+        self.dataloader = builder.features_dataloader(
+            self.runner, self.split, self.image_dataloader)
+        return super().run()
+
+
+@LOOPS.register_module()
+class StoredFeaturesValLoop(StoredFeaturesLoopMixin, ValLoop):
+    """MMEngine's ``ValLoop`` over the stored features of the val split
+    (:class:`StoredFeaturesLoopMixin`). Arguments as ``ValLoop``."""
+
+    split = 'val'
+
+
+@LOOPS.register_module()
+class StoredFeaturesTestLoop(StoredFeaturesLoopMixin, TestLoop):
+    """MMEngine's ``TestLoop`` over the stored features of the test split
+    (:class:`StoredFeaturesLoopMixin`). Arguments as ``TestLoop``."""
+
+    split = 'test'
+
+
+@LOOPS.register_module()
+class FewShotTrainLoop(EpochBasedTrainLoop):
+    """MMEngine's ``EpochBasedTrainLoop`` for few-shot training.
+
+    * ``global_batch_size`` is the batch summed over processes: each of
+      ``world_size`` processes loads ``global_batch_size // world_size``,
+      so 1 and 8 GPUs run the same recipe.
+    * A ``CachedViewsDataset`` train set without ``views_file`` is given the
+      support views the head was fitted on (``runner.few_shot``): the fast
+      path, where the encoders do no work while training.
+    * A re-encoding train set (``FewShotDataset``) must draw the same shots
+      as ``fewshot_dataloader``.
+
+    Args:
+        runner, dataloader, max_epochs, val_begin, val_interval,
+            dynamic_intervals: As ``EpochBasedTrainLoop``.
+        global_batch_size (int, optional): None keeps the loader's
+            ``batch_size`` per process.
+    """
+
+    def __init__(self,
+                 runner,
+                 dataloader: Union[DataLoader, Dict],
+                 max_epochs: int,
+                 val_begin: int = 1,
+                 val_interval: int = 1,
+                 dynamic_intervals: Optional[Sequence] = None,
+                 global_batch_size: Optional[int] = None) -> None:
+        if isinstance(dataloader, dict):
+            dataloader = self.prepare_dataloader(runner, dataloader,
+                                                 global_batch_size)
+        super().__init__(runner, dataloader, max_epochs, val_begin,
+                         val_interval, dynamic_intervals)
+
+    @staticmethod
+    def prepare_dataloader(runner, cfg: dict,
+                           global_batch_size: Optional[int]) -> dict:
+        """The train loader config with the per-process batch and the
+        support views filled in."""
+        cfg = copy.deepcopy(dict(cfg))
+        if global_batch_size is not None:
+            world_size = get_world_size()
+            if global_batch_size % world_size:
+                raise ValueError(
+                    f'train_cfg.global_batch_size={global_batch_size} is not '
+                    f'divisible by the {world_size} processes.')
+            cfg['batch_size'] = global_batch_size // world_size
+            runner.logger.info(
+                f'global_batch_size {global_batch_size}: '
+                f'{cfg["batch_size"]} per process x {world_size}.')
+        dataset = cfg.get('dataset')
+        if not isinstance(dataset, dict):
+            return cfg
+        builder = few_shot_builder(runner, 'FewShotTrainLoop')
+        if dataset.get('type') == 'CachedViewsDataset' and dataset.get(
+                'views_file') is None:
+            builder.build_cache(runner)
+            if builder.support_views_path is None:
+                raise RuntimeError(
+                    'The head was fitted before this run (a checkpoint?), '
+                    'so there are no support views to train on: set '
+                    'train_dataloader.dataset.views_file.')
+            dataset.update(views_file=builder.support_views_path,
+                           num_views=builder.augment_epoch,
+                           classes=list(builder.classes or ()))
+        fewshot = (runner.cfg.get('fewshot_dataloader') or {}).get('dataset')
+        if fewshot and dataset.get('type') == fewshot.get('type'):
+            differ = [
+                k for k in ('num_shots', 'seed', 'holdout')
+                if dataset.get(k) != fewshot.get(k)
+            ]
+            if differ:
+                raise ValueError(
+                    'train_dataloader.dataset and fewshot_dataloader.dataset '
+                    f'differ in {differ}: ' + ', '.join(
+                        f'{k}={dataset.get(k)!r} vs {fewshot.get(k)!r}'
+                        for k in differ) + '. Set both (e.g. --cfg-options '
+                    'train_dataloader.dataset.num_shots=8 '
+                    'fewshot_dataloader.dataset.num_shots=8).')
+        return cfg

@@ -1,0 +1,256 @@
+"""What every few-shot head shares: the features contract, fitting on the
+support set, and hyperparameters that a search or a fixed recipe sets."""
+from collections import OrderedDict
+from typing import (Callable, Dict, List, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmpretrain.models.heads import ClsHead
+from mmpretrain.structures import DataSample
+from ...evaluation import ranked_labels
+from ...structures import Features, check_features
+
+Grid = 'OrderedDict[str, torch.Tensor]'
+
+
+class SearchStage(NamedTuple):
+    """A grid searched in one go, the other hyperparameters held fixed.
+
+    Attributes:
+        grid: Values per hyperparameter, outermost first.
+        count_correct: ``(feats, labels, params, max_elements) -> counts``
+            shaped like ``grid``; ``params`` holds the values of the
+            hyperparameters that are not in ``grid``.
+    """
+    grid: Grid
+    count_correct: Callable[..., torch.Tensor]
+
+
+def resize_from_state_dict(module: nn.Module, state_dict: dict, prefix: str,
+                           names: Sequence[str]) -> None:
+    """Give ``module``'s tensors ``names`` (parameters or buffers whose shape
+    depends on the data) the shapes they have in ``state_dict``, so that a
+    checkpoint of a fitted module loads into a new one."""
+    for name in names:
+        value = state_dict.get(prefix + name)
+        if value is None:
+            continue
+        if name in module._parameters:
+            param = module._parameters[name]
+            param.data = torch.empty_like(value, device=param.device)
+        elif name in module._buffers:
+            module._buffers[name] = torch.empty_like(
+                value, device=module._buffers[name].device)
+
+
+class FewShotHead(ClsHead):
+    """Base of the heads of this package.
+
+    **Features.** ``forward`` takes a tuple with one L2-normalised ``(B,
+    C_e)`` tensor per visual encoder (``num_feature_sets`` of them); a bare
+    tensor is an error, not a silent ``feats[-1]``.
+
+    **Fitting.** :meth:`fit` takes the raw features of ``V`` augmented views
+    of the ``S`` few-shot images, one ``(V, S, C_e)`` tensor per encoder, and
+    their labels ``(S, )``; each head keeps its own statistics of them
+    (:attr:`is_fitted` says whether it has).
+
+    **Hyperparameters** are float64 buffers (saved in checkpoints) declared
+    with :meth:`register_hyperparameter`. A head declares the grid a search
+    visits (:meth:`search_grid`, :meth:`search_stages`) with a vectorised
+    count of correct predictions over it (:meth:`count_correct`), and its
+    fixed, validation-free values (:meth:`fixed_hyperparameters`: the
+    constructor's). :meth:`set_hyperparameters` sets values by hand;
+    :meth:`apply_search` applies a search's result and marks the head as
+    searched, so that a search hook does not search it again.
+
+    **Predictions** follow :mod:`tip_adapter_mm.evaluation`'s rule: the
+    first maximum of the logits wins; ``pred_score`` is the softmax in
+    float64 (which keeps the logits' order).
+
+    Args:
+        num_classes (int): N.
+        loss (dict): Loss config, as :class:`ClsHead`.
+        topk (int | tuple): As :class:`ClsHead`.
+        init_cfg (dict, optional): As :class:`ClsHead`.
+    """
+
+    #: Visual encoders whose features :meth:`forward` takes.
+    num_feature_sets: int = 1
+    #: Own tensors whose shape is only known once fitted or loaded.
+    dynamic_buffers: Tuple[str, ...] = ()
+    #: Names in checkpoints of earlier versions -> names now.
+    legacy_names: Dict[str, Tuple[str, ...]] = {}
+    #: The method's name in tables (the sweep's rows).
+    method_name: str = ''
+
+    def __init__(self,
+                 num_classes: int,
+                 loss: dict = dict(type='CrossEntropyLoss', loss_weight=1.0),
+                 topk: Union[int, Tuple[int]] = (1, ),
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(loss=loss, topk=topk, init_cfg=init_cfg)
+        self.num_classes = int(num_classes)
+        if self.num_classes < 1:
+            raise ValueError(f'num_classes must be >= 1, got {num_classes}.')
+        # Whether the hyperparameters come from a search (saved in
+        # checkpoints, so a searched checkpoint is not searched again).
+        self.register_buffer('is_searched', torch.tensor(False))
+        # name -> path of its float64 buffer; name -> constructor value.
+        self._hyperparameter_paths: Dict[str, str] = OrderedDict()
+        self._fixed_hyperparameters: Dict[str, float] = OrderedDict()
+
+    # -- features ------------------------------------------------------------
+    def pre_logits(self, feats: Features) -> Union[torch.Tensor, Features]:
+        """The features of the tuple: the tensor itself for one encoder, the
+        tuple for several."""
+        feats = check_features(feats, self.num_feature_sets,
+                               type(self).__name__)
+        return feats[0] if self.num_feature_sets == 1 else feats
+
+    def check_views(self, view_feats: Features,
+                    labels: torch.Tensor) -> Features:
+        """Check :meth:`fit`'s arguments; return the views tuple."""
+        view_feats = check_features(view_feats, self.num_feature_sets,
+                                    f'{type(self).__name__}.fit', dims=3)
+        if labels.dim() != 1 or len(labels) != view_feats[0].shape[1]:
+            raise ValueError(
+                f'{type(self).__name__}.fit: labels {tuple(labels.shape)} do '
+                f'not match the {view_feats[0].shape[1]} images of the '
+                f'views {tuple(view_feats[0].shape)}.')
+        if len(labels) and (labels.min() < 0
+                            or labels.max() >= self.num_classes):
+            raise ValueError(
+                f'{type(self).__name__}.fit: labels must be in [0, '
+                f'{self.num_classes}), got [{int(labels.min())}, '
+                f'{int(labels.max())}].')
+        return view_feats
+
+    # -- fitting -------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the head holds what it needs from the few-shot set."""
+        raise NotImplementedError
+
+    def fit(self, view_feats: Features, labels: torch.Tensor) -> None:
+        """Fit on the raw features of ``V`` augmented views of ``S`` few-shot
+        images: one ``(V, S, C_e)`` tensor per encoder, labels ``(S, )``."""
+        raise NotImplementedError
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError(
+                f'{type(self).__name__} is not fitted yet: add '
+                'BuildCacheHook to custom_hooks, call fit(), or load a '
+                'checkpoint of a fitted model.')
+
+    # -- hyperparameters -----------------------------------------------------
+    def register_hyperparameter(self,
+                                name: str,
+                                value: float,
+                                path: Optional[str] = None) -> None:
+        """Declare hyperparameter ``name`` with its fixed value ``value``.
+
+        It lives in a float64 scalar buffer: ``self.<name>`` by default, or
+        the existing buffer at ``path`` of a component (``'cache.beta'``).
+        """
+        if path is None:
+            self.register_buffer(name,
+                                 torch.tensor(float(value),
+                                              dtype=torch.float64))
+            path = name
+        else:
+            self.get_buffer(path).fill_(float(value))
+        self._hyperparameter_paths[name] = path
+        self._fixed_hyperparameters[name] = float(value)
+
+    def hyperparameter(self, name: str) -> torch.Tensor:
+        """The buffer of hyperparameter ``name``."""
+        if name not in self._hyperparameter_paths:
+            raise KeyError(f'{type(self).__name__} has no hyperparameter '
+                           f'{name!r}; it has '
+                           f'{list(self._hyperparameter_paths)}.')
+        return self.get_buffer(self._hyperparameter_paths[name])
+
+    @property
+    def hyperparameters(self) -> Dict[str, float]:
+        """Current values, e.g. ``{'alpha': 1.17, 'beta': 1.0}``."""
+        return OrderedDict((name, float(self.hyperparameter(name)))
+                           for name in self._hyperparameter_paths)
+
+    def fixed_hyperparameters(self) -> Dict[str, float]:
+        """The validation-free values: those the constructor was given (the
+        method's published defaults in the configs)."""
+        return OrderedDict(self._fixed_hyperparameters)
+
+    def set_hyperparameters(self, **params: float) -> None:
+        """Set hyperparameters by hand. The head counts as not searched, so
+        a search hook still searches it."""
+        for name, value in params.items():
+            self.hyperparameter(name).fill_(float(value))
+        self.is_searched.fill_(False)
+
+    def apply_search(self, best: Dict[str, float]) -> None:
+        """Apply the best point of a search and mark the head searched."""
+        self.set_hyperparameters(**best)
+        self.is_searched.fill_(True)
+
+    @property
+    def searched(self) -> bool:
+        return bool(self.is_searched)
+
+    def search_grid(self) -> Grid:
+        """Values searched per hyperparameter, outermost first; empty for a
+        head with nothing to search."""
+        return OrderedDict()
+
+    def search_stages(self) -> List[SearchStage]:
+        """The grids a search visits one after the other, each with the
+        others' hyperparameters at their best so far: one stage, the whole
+        :meth:`search_grid`, unless a head splits it."""
+        grid = self.search_grid()
+        return [SearchStage(grid, self.count_correct)] if grid else []
+
+    def count_correct(self, feats: Features, labels: torch.Tensor,
+                      params: Dict[str, float],
+                      max_elements: int = 2**26) -> torch.Tensor:
+        """Correct top-1 predictions at every point of the search grid.
+
+        Args:
+            feats: L2-normalised features, one ``(M, C_e)`` per encoder.
+            labels: ``(M, )`` ground truth.
+            params: Values of the hyperparameters that the grid does not
+                vary (never read from the head: a search does not change
+                the head while it runs).
+            max_elements: Bound on the elements of any temporary tensor.
+
+        Returns:
+            int64 counts shaped like the grid, e.g. ``(n_beta, n_alpha)``.
+        """
+        raise NotImplementedError
+
+    # -- predictions ---------------------------------------------------------
+    def _get_predictions(self, cls_score: torch.Tensor,
+                         data_samples: Optional[List[DataSample]]
+                         ) -> List[DataSample]:
+        scores = F.softmax(cls_score.double(), dim=1).detach()
+        labels = ranked_labels(cls_score.detach(), 1)
+        if data_samples is None:
+            data_samples = [DataSample() for _ in range(len(scores))]
+        for sample, score, label in zip(data_samples, scores, labels):
+            sample.set_pred_score(score).set_pred_label(label)
+        return data_samples
+
+    # -- checkpoints ---------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for old, new_names in self.legacy_names.items():
+            value = state_dict.pop(prefix + old, None)
+            if value is not None:
+                for new in new_names:
+                    state_dict.setdefault(prefix + new, value)
+        resize_from_state_dict(self, state_dict, prefix,
+                               self.dynamic_buffers)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,0 +1,3 @@
+from .features import EncodedFeatures, Features, check_features, normalized
+
+__all__ = ['EncodedFeatures', 'Features', 'check_features', 'normalized']
