@@ -2,7 +2,7 @@
 # shots, seed 1: Tip-Adapter's cache (same BuildCacheHook) with refined
 # channels and value weights; (beta, alpha, gamma) searched by the same
 # HyperparameterSearchHook on a held-out split of train.
-# Paper: APE 63.42 top-1 on ImageNet RN50 16-shot (SPEC section 4). The
+# Paper: APE 63.42 top-1 on ImageNet RN50 16-shot (docs/results_sources.md). The
 # reference code searches on ImageNet's val split (the test set) and builds
 # its text weights from CuPL (GPT-3) prompts plus templates; here the search
 # uses the held-out split (configs/_base_/datasets/imagenet_fewshot.py) and
@@ -31,6 +31,3 @@ model = dict(
         clip_logit_scale=100.0,
         topk=(1, 5)))
 
-# Shots and seed: --cfg-options fewshot_dataloader.dataset.num_shots=8
-#                               fewshot_dataloader.dataset.seed=2
-fewshot_dataloader = dict(dataset=dict(num_shots=16, seed=1))

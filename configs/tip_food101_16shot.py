@@ -5,12 +5,4 @@ _base_ = [
     './_base_/schedules/tip_adapter.py',
     './_base_/default_runtime.py',
 ]
-
-model = dict(
-    templates={{_base_.templates}},
-    head=dict(
-        num_classes={{_base_.num_classes}},
-        alpha={{_base_.init_alpha}},
-        beta=1.0,
-        search_scale={{_base_.search_scale}},
-        search_step=(200, 20)))
+model = dict(templates={{_base_.templates}}, head={{_base_.tip_head}})

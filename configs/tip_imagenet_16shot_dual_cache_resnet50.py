@@ -9,14 +9,5 @@ _base_ = [
     './_base_/schedules/tip_adapter.py',
     './_base_/default_runtime.py',
 ]
+model = dict(templates={{_base_.templates}}, head={{_base_.tip_head}})
 
-model = dict(
-    templates={{_base_.templates}},  # the 7 ImageNet templates
-    head=dict(
-        num_classes={{_base_.num_classes}},
-        alpha={{_base_.init_alpha}},  # 1.17 before the search
-        beta=1.0,
-        search_scale={{_base_.search_scale}},  # (beta, alpha): (7, 3)
-        search_step=(200, 20)))
-
-fewshot_dataloader = dict(dataset=dict(num_shots=16, seed=1))

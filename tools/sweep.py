@@ -9,11 +9,12 @@ Each CONFIG is one dataset and one method (e.g. configs/tip_imagenet_16shot.py
 or configs/tip_f_imagenet_16shot.py). Every cell (config, shots, seed) runs
 in its own process: ``tools/test.py`` for a training-free config,
 ``tools/train.py`` for one with ``train_cfg`` (``tools/dist_*.sh`` with
-``--gpus N`` > 1), in ``<work-dir>/<config stem>/shots<K>_seed<S>``. The
-cells of a config share one feature cache, ``<work-dir>/<config
-stem>/feature_cache``, so its validation (search) features are encoded once.
-A cell's result is ``sweep_result.json`` in its directory; a cell that has
-one is skipped, so an interrupted sweep resumes where it stopped.
+``--gpus N`` > 1), in ``<work-dir>/<config stem>/shots<K>_seed<S>``. All
+cells share one feature store, ``<work-dir>/feature_cache``: the few-shot
+views of a (dataset, shots, seed) are encoded once for every method, and the
+validation and test images once per encoder for the whole sweep. A cell's
+result is ``sweep_result.json`` in its directory; a cell that has one is
+skipped, so an interrupted sweep resumes where it stopped.
 
 Written to ``<work-dir>``: ``results.md`` and ``results.csv`` (mean, sample
 std and count over seeds per dataset, method and shots, the paper's figure
@@ -41,11 +42,6 @@ TOOLS = osp.dirname(osp.abspath(__file__))
 
 TIP = 'Tip-Adapter'
 TIP_F = 'Tip-Adapter-F'
-#: Method names of the other heads (the table gains a row per method).
-HEAD_METHODS = {'GDAHead': 'GDA', 'APEHead': 'APE'}
-#: The cache alone (CacheOnlyHead), training-free and with tuned keys.
-CACHE_ONLY = 'Cache only'
-CACHE_ONLY_F = 'Cache only-F'
 ZERO_SHOT = 'Zero-shot CLIP'
 
 #: Backbone of the published figures below.
@@ -63,8 +59,9 @@ PAPER: Dict[Tuple[str, str, int], float] = {
     ('imagenet', 'GDA', 16): 63.82,
 }
 
-#: Hook types the sweep points at a shared feature cache, by position.
-CACHE_HOOKS = ('BuildCacheHook', 'HyperparameterSearchHook')
+#: Method prefixes of config file names (the dataset follows them).
+METHOD_PREFIX = re.compile(r'^(tip_f|tip|gda|ape|ncm|zero_shot|cache_only_f|'
+                           r'cache_only)_')
 RESULT_FILE = 'sweep_result.json'
 LOG_FILE = 'sweep_cell.log'
 TEST_TOP1 = re.compile(r'Epoch\(test\).*?accuracy/top1: ([0-9.]+)')
@@ -134,7 +131,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         '--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
         help='passed to every cell; the keys the sweep sets itself (shots, '
-        'seed, cache_dir of the first two custom hooks) are refused')
+        'seed, few_shot_cfg.feature_dir) are refused')
     parser.add_argument(
         '--dry-run', action='store_true',
         help='print the commands of the cells still to run, run nothing')
@@ -154,36 +151,32 @@ def parse_cfg_options(options: Sequence[str]) -> Dict[str, Any]:
     return getattr(namespace, 'options', None) or {}
 
 
-def names_from_stem(stem: str, trains: bool,
-                    head_type: str = 'TipAdapterHead') -> Tuple[str, str]:
-    """``(dataset, method)`` of a config file stem.
+def method_name(head_type: str, trains: bool) -> str:
+    """The table name of a head class (its ``method_name``), with ``-F``
+    when the config trains it (Tip-Adapter-F)."""
+    import tip_adapter_mm  # noqa: F401  (registers the heads)
+    from mmpretrain.registry import MODELS
+    head_cls = MODELS.get(head_type)
+    name = getattr(head_cls, 'method_name', '') or head_type
+    return f'{name}-F' if trains else name
 
-    ``<method>_<dataset>_<K>shot[_<variant>]`` (method prefix ``tip``,
-    ``tip_f``, ``gda``, ``ape``, ``cache_only`` or ``cache_only_f``): the
-    dataset is the part between the prefix and ``_<K>shot``; a variant after
-    it is added to the method in brackets. The method comes from the head:
-    GDA, APE, the cache alone (``CacheOnlyHead``), or for Tip-Adapter's
-    heads Tip-Adapter-F when the config trains (has ``train_cfg``),
-    Tip-Adapter otherwise.
+
+def names_from_stem(stem: str, method: str,
+                    dataset: Optional[str] = None) -> Tuple[str, str]:
+    """``(dataset, method)`` of a config.
+
+    ``<method>_<dataset>_<K>shot[_<variant>]``: a variant after the shots is
+    added to the method in brackets, e.g. ``Tip-Adapter-F (reencode)``. The
+    dataset is the config's ``dataset_name`` (set by the dataset bases), or
+    the part of the stem between a known method prefix and ``_<K>shot``.
     """
-    if head_type == 'CacheOnlyHead':
-        method = CACHE_ONLY_F if trains else CACHE_ONLY
-    else:
-        method = HEAD_METHODS.get(head_type, TIP_F if trains else TIP)
-    name = re.sub(r'^(tip_f|tip|gda|ape|cache_only_f|cache_only)_', '', stem)
+    name = METHOD_PREFIX.sub('', stem)
     match = re.match(r'^(.*?)_\d+shots?(?:_(.+))?$', name)
     if match:
         name, variant = match.group(1), match.group(2)
         if variant:
             method = f'{method} ({variant})'
-    return name, method
-
-
-def hook_type(hook: Any) -> str:
-    """The type name of a ``custom_hooks`` entry."""
-    kind = hook.get('type') if isinstance(hook, dict) else None
-    return kind if isinstance(kind, str) else getattr(kind, '__name__',
-                                                      repr(kind))
+    return dataset or name, method
 
 
 def load_experiment(path: str, cfg_options: Dict[str, Any]) -> Experiment:
@@ -191,20 +184,20 @@ def load_experiment(path: str, cfg_options: Dict[str, Any]) -> Experiment:
     sweep can drive it.
 
     Raises:
-        ValueError: the first two custom hooks are not BuildCacheHook and
-            HyperparameterSearchHook, or there is no few-shot loader.
+        ValueError: the config does not run on :class:`FewShotRunner` (whose
+            ``few_shot_cfg.feature_dir`` the sweep sets) or has no few-shot
+            loader.
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'Config file {path!r} not found.')
     cfg = Config.fromfile(path, import_custom_modules=False)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    hooks = list(cfg.get('custom_hooks') or [])
-    found = [hook_type(h) for h in hooks[:len(CACHE_HOOKS)]]
-    if tuple(found) != CACHE_HOOKS:
+    if cfg.get('runner_type') != 'FewShotRunner':
         raise ValueError(
-            f'{path}: custom_hooks must start with {list(CACHE_HOOKS)} (the '
-            f'sweep sets their cache_dir), found {found}.')
+            f"{path}: runner_type must be 'FewShotRunner' (the sweep shares "
+            'its feature store across cells), found '
+            f'{cfg.get("runner_type")!r}.')
     if not (cfg.get('fewshot_dataloader') or {}).get('dataset'):
         raise ValueError(f'{path}: no fewshot_dataloader.dataset to set the '
                          'shots and seed of.')
@@ -212,8 +205,9 @@ def load_experiment(path: str, cfg_options: Dict[str, Any]) -> Experiment:
     train_set = (cfg.get('train_dataloader') or {}).get('dataset') or {}
     stem = osp.splitext(osp.basename(path))[0]
     head = (cfg.get('model') or {}).get('head') or {}
-    dataset, method = names_from_stem(stem, trains,
-                                      str(head.get('type', 'TipAdapterHead')))
+    dataset, method = names_from_stem(
+        stem, method_name(str(head.get('type', 'TipAdapterHead')), trains),
+        cfg.get('dataset_name'))
     return Experiment(
         config=path, stem=stem, dataset=dataset, method=method,
         trains=trains,
@@ -257,32 +251,32 @@ def check_user_options(options: Dict[str, Any],
 
 
 def sweep_options(experiment: Experiment, shots: int, seed: int,
-                  cache_dir: str) -> Dict[str, Any]:
+                  feature_dir: str) -> Dict[str, Any]:
     """The ``--cfg-options`` that make a cell of ``experiment``."""
     options: Dict[str, Any] = {
         'fewshot_dataloader.dataset.num_shots': shots,
         'fewshot_dataloader.dataset.seed': seed,
+        'few_shot_cfg.feature_dir': feature_dir,
     }
     if experiment.reencode:
         options['train_dataloader.dataset.num_shots'] = shots
         options['train_dataloader.dataset.seed'] = seed
-    for i in range(len(CACHE_HOOKS)):
-        options[f'custom_hooks.{i}.cache_dir'] = cache_dir
     return options
 
 
 def make_cells(experiments: Sequence[Experiment], shots: Sequence[int],
                seeds: Sequence[int], work_dir: str) -> List[Cell]:
-    """The grid, config-major, then shots, then seeds."""
+    """The grid, config-major, then shots, then seeds; one feature store
+    for all."""
+    feature_dir = osp.join(work_dir, 'feature_cache')
     cells = []
     for exp in experiments:
         root = osp.join(work_dir, exp.stem)
-        cache_dir = osp.join(root, 'feature_cache')
         for k in shots:
             for s in seeds:
                 cells.append(Cell(exp, k, s,
                                   osp.join(root, f'shots{k}_seed{s}'),
-                                  sweep_options(exp, k, s, cache_dir)))
+                                  sweep_options(exp, k, s, feature_dir)))
     return cells
 
 

@@ -1,7 +1,7 @@
 # The loaders shared by the ten CoOp-split datasets: K shots per class from
 # `train`, the search and model selection on `val`, the reported number on
 # `test`. A dataset's base (e.g. dtd_fewshot.py) inherits this file and sets
-# `dataset_type` in the three loaders, plus its row of the SPEC table.
+# `dataset_type` in the three loaders, plus its settings (docs/datasets.md).
 _base_ = ['./pipelines.py']
 
 data_root = 'data'  # holds the dataset folders, as CoOp lays them out

@@ -1,14 +1,16 @@
 # Food101, CoOp's train/val/test split (data_root holds the dataset folders).
-# The row of SPEC section 3: prompts, search scale, initial alpha, epochs.
 _base_ = ['./coop_fewshot.py']
 
 dataset_type = 'CoOpFood101'
-
+dataset_name = 'food101'
 num_classes = 101
-templates = 'food101'  # tip_adapter_mm/datasets/templates.py
-search_scale = (10, 10)  # (beta, alpha)
-init_alpha = 1.17
-f_epochs = 20  # Tip-Adapter-F epochs
+# Tip-Adapter's settings for this dataset (its reference configs, RN50;
+# docs/datasets.md): prompts, initial alpha (beta starts at 1), search scale
+# (beta, alpha), Tip-Adapter-F epochs. Experiment configs plug them in.
+templates = 'food101'  # tip_adapter_mm/models/utils/prompts.py
+tip_head = dict(num_classes=num_classes, alpha=1.17, search_scale=(10, 10))
+tip_f_head = dict(tip_head, train_cache_keys=True)  # learnable keys
+f_epochs = 20
 
 fewshot_dataloader = dict(dataset=dict(dataset=dict(type=dataset_type)))
 val_dataloader = dict(dataset=dict(type=dataset_type))

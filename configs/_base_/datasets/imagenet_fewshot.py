@@ -7,11 +7,15 @@ dataset_type = 'CLIPImageNet'  # MMPretrain's ImageNet, CLIP's class names
 data_root = 'data/imagenet'
 holdout = dict(num_per_class=10, seed=0)
 
+dataset_name = 'imagenet'
 num_classes = 1000
-templates = 'imagenet'  # the 7 templates, tip_adapter_mm/datasets/templates.py
-search_scale = (7, 3)  # (beta, alpha)
-init_alpha = 1.17
-f_epochs = 20  # Tip-Adapter-F epochs
+# Tip-Adapter's settings for this dataset (its reference configs, RN50;
+# docs/datasets.md): prompts, initial alpha (beta starts at 1), search scale
+# (beta, alpha), Tip-Adapter-F epochs. Experiment configs plug them in.
+templates = 'imagenet'  # tip_adapter_mm/models/utils/prompts.py
+tip_head = dict(num_classes=num_classes, alpha=1.17, search_scale=(7, 3))
+tip_f_head = dict(tip_head, train_cache_keys=True)  # learnable keys
+f_epochs = 20
 
 fewshot_dataloader = dict(
     batch_size=256,

@@ -1,14 +1,16 @@
 # StanfordCars, CoOp's train/val/test split (data_root holds the dataset folders).
-# The row of SPEC section 3: prompts, search scale, initial alpha, epochs.
 _base_ = ['./coop_fewshot.py']
 
 dataset_type = 'CoOpStanfordCars'
-
+dataset_name = 'stanford_cars'
 num_classes = 196
-templates = 'stanford_cars'  # tip_adapter_mm/datasets/templates.py
-search_scale = (20, 10)  # (beta, alpha)
-init_alpha = 3
-f_epochs = 20  # Tip-Adapter-F epochs
+# Tip-Adapter's settings for this dataset (its reference configs, RN50;
+# docs/datasets.md): prompts, initial alpha (beta starts at 1), search scale
+# (beta, alpha), Tip-Adapter-F epochs. Experiment configs plug them in.
+templates = 'stanford_cars'  # tip_adapter_mm/models/utils/prompts.py
+tip_head = dict(num_classes=num_classes, alpha=3, search_scale=(20, 10))
+tip_f_head = dict(tip_head, train_cache_keys=True)  # learnable keys
+f_epochs = 20
 
 fewshot_dataloader = dict(dataset=dict(dataset=dict(type=dataset_type)))
 val_dataloader = dict(dataset=dict(type=dataset_type))
