@@ -1,4 +1,14 @@
-"""Shared fixtures: a tiny open_clip model saved to disk, generated images."""
+"""Shared fixtures and problem builders.
+
+* ``tiny_clip``: a tiny open_clip architecture with random weights, saved
+  and loaded back through the real ``pretrained=<path>`` route;
+* ``image_folders``: generated JPEG folders (train/val/test);
+* :func:`tiny_config`: a config inheriting the real ``_base_`` files;
+* :func:`random_problem`: clustered random features for head unit tests;
+* ``counting_plugin``: a visual backbone that logs every image it encodes,
+  for tests of what the feature store saves;
+* :func:`run_tool`, :func:`run_distributed`: the tools as subprocesses.
+"""
 import json
 import os
 import os.path as osp
@@ -135,3 +145,137 @@ def free_port() -> str:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return str(s.getsockname()[1])
+
+
+#: Output of a torchrun whose rendezvous port was taken between
+#: :func:`free_port` and its bind: the run is retried on another port.
+PORT_TAKEN = ('address already in use', 'EADDRINUSE', 'errno: 98',
+              'The server socket has failed to listen')
+
+
+def run_distributed(script: str, config: str, nprocs: int, *args: str,
+                    timeout: int = 900, python_path: str = '',
+                    attempts: int = 3) -> str:
+    """``tools/<script> CONFIG NPROCS ARGS`` (``dist_train.sh`` or
+    ``dist_test.sh``), robust to a loaded machine: a generous timeout, and a
+    new rendezvous port when the chosen one was taken meanwhile."""
+    for attempt in range(attempts):
+        env = dict(os.environ,
+                   PYTHONPATH=os.pathsep.join(
+                       p for p in (str(REPO), python_path) if p),
+                   OMP_NUM_THREADS='1',
+                   PORT=free_port(),
+                   PATH=osp.dirname(sys.executable) + os.pathsep +
+                   os.environ.get('PATH', ''))
+        proc = subprocess.run(
+            ['bash', osp.join('tools', script), config, str(nprocs), *args],
+            cwd=REPO, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        if proc.returncode == 0:
+            return proc.stdout
+        if attempt + 1 < attempts and any(p in proc.stdout
+                                          for p in PORT_TAKEN):
+            continue
+        break
+    raise AssertionError(proc.stdout[-6000:])
+
+
+def random_problem(seed: int = 0,
+                   classes: int = 6,
+                   channels: int = 24,
+                   shots: int = 4,
+                   views: int = 3,
+                   num_val: int = 150,
+                   num_test: int = 200,
+                   noise: float = 0.9) -> Dict[str, torch.Tensor]:
+    """Clustered random features: class centres on the sphere, samples
+    around them, a zero-shot classifier near the centres.
+
+    Returns raw (unnormalised) features: ``support`` ``(views, classes *
+    shots, channels)`` with ``support_labels``; ``val``/``test`` ``(M,
+    channels)`` with their labels; ``zero_shot_weights`` ``(channels,
+    classes)`` (L2-normalised columns).
+    """
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(
+        torch.randn(classes, channels, generator=g), dim=-1)
+
+    def around(labels, scale=1.0):
+        return scale * (centres[labels] + noise * torch.randn(
+            len(labels), channels, generator=g))
+
+    support_labels = torch.arange(classes).repeat_interleave(shots)
+    support = torch.stack([
+        around(support_labels, 1 + 0.5 * v) for v in range(views)
+    ])
+    val_labels = torch.randint(0, classes, (num_val, ), generator=g)
+    test_labels = torch.randint(0, classes, (num_test, ), generator=g)
+    weights = torch.nn.functional.normalize(
+        centres.t() + 0.8 * torch.randn(channels, classes, generator=g),
+        dim=0)
+    return dict(support=support, support_labels=support_labels,
+                val=around(val_labels), val_labels=val_labels,
+                test=around(test_labels), test_labels=test_labels,
+                zero_shot_weights=weights)
+
+
+#: A visual backbone that appends one line per encoded image to a log
+#: (``<sum of pixels>:<sum of squares>`` of its preprocessed tensor), and a
+#: hook that writes markers, so tests can count which images were encoded
+#: when.
+COUNTING_PLUGIN = '''
+from mmengine.hooks import Hook
+from mmpretrain.registry import HOOKS, MODELS
+from tip_adapter_mm.models import OpenCLIPVisualBackbone
+
+
+def image_fingerprint(image):
+    image = image.double()
+    return f'{float(image.sum()):.3f}:{float((image * image).sum()):.1f}'
+
+
+@MODELS.register_module()
+class CountingOpenCLIPVisualBackbone(OpenCLIPVisualBackbone):
+
+    def __init__(self, count_file, **kwargs):
+        super().__init__(**kwargs)
+        self.count_file = count_file
+
+    def forward(self, x):
+        with open(self.count_file, 'a') as f:
+            f.writelines(image_fingerprint(img) + '\\n' for img in x)
+        return super().forward(x)
+
+
+@HOOKS.register_module()
+class EncoderCountMarkerHook(Hook):
+    priority = 'VERY_HIGHEST'
+
+    def __init__(self, count_file):
+        self.count_file = count_file
+
+    def _mark(self, what):
+        with open(self.count_file, 'a') as f:
+            f.write(f'mark {what}\\n')
+
+    def before_train(self, runner):
+        self._mark('before_train')
+
+    def after_train(self, runner):
+        self._mark('after_train')
+'''
+
+
+@pytest.fixture(scope='session')
+def counting_plugin(tmp_path_factory) -> Path:
+    """A folder with ``counting_backbone.py`` (:data:`COUNTING_PLUGIN`), to
+    put on ``PYTHONPATH`` and in ``custom_imports``."""
+    root = tmp_path_factory.mktemp('counting_plugin')
+    (root / 'counting_backbone.py').write_text(COUNTING_PLUGIN)
+    return root
+
+
+def read_count_log(path: Path) -> List[str]:
+    """The lines of a counting backbone's log (none if it was never
+    written)."""
+    return path.read_text().splitlines() if path.exists() else []
