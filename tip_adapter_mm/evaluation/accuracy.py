@@ -61,7 +61,7 @@ class StableAccuracy(BaseMetric):
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         maxk = max(self.topk)
         for sample in data_samples:
-            scores = sample['pred_score']
+            scores = sample.get('pred_score')
             if maxk > scores.shape[-1]:
                 raise ValueError(
                     f'Top-{maxk} accuracy needs at least {maxk} classes, '
@@ -69,7 +69,7 @@ class StableAccuracy(BaseMetric):
                     'val_evaluator / test_evaluator.')
             self.results.append(
                 dict(ranked=ranked_labels(scores.cpu(), maxk),
-                     gt_label=sample['gt_label'].cpu().view(-1)[:1]))
+                     gt_label=sample.get('gt_label').cpu().view(-1)[:1]))
 
     def compute_metrics(self, results: List[dict]) -> dict:
         ranked = torch.stack([r['ranked'] for r in results])  # (M, maxk)
