@@ -54,7 +54,7 @@ PAPER: Dict[Tuple[str, str, int], float] = {
         (1, 2, 4, 8, 16), (60.70, 60.96, 60.98, 61.45, 62.03))},
     **{('imagenet', TIP_F, k): v for k, v in zip(
         (1, 2, 4, 8, 16), (61.32, 61.69, 62.52, 64.00, 65.51))},
-    # Successors on the same cached features (SPEC section 4).
+    # Successors on the same cached features (docs/results_sources.md).
     ('imagenet', 'APE', 16): 63.42,
     ('imagenet', 'GDA', 16): 63.82,
 }

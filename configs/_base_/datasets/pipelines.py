@@ -1,4 +1,4 @@
-# CLIP's transforms (SPEC section 1); normalisation is in the model's
+# CLIP's transforms (docs/method.md); normalisation is in the model's
 # data preprocessor (CLIP mean/std).
 train_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -1,4 +1,4 @@
-"""The zero-shot classifier W of CLIP (SPEC section 1)."""
+"""The zero-shot classifier W of CLIP (docs/method.md)."""
 from typing import Callable, List, Sequence
 
 import torch
