@@ -2,9 +2,10 @@
 # shots, seed 1: Tip-Adapter's cache (same BuildCacheHook) with refined
 # channels and value weights; (beta, alpha, gamma) searched by the same
 # HyperparameterSearchHook on a held-out split of train.
-# Paper: APE 63.42 top-1 on ImageNet RN50 16-shot (docs/results_sources.md). The
-# reference code searches on ImageNet's val split (the test set) and builds
-# its text weights from CuPL (GPT-3) prompts plus templates; here the search
+# Paper: APE 63.42 top-1 on ImageNet RN50 16-shot
+# (docs/results_sources.md). The reference code searches on ImageNet's val
+# split (the test set) and builds its text weights from CuPL (GPT-3) prompts
+# plus templates; here the search
 # uses the held-out split (configs/_base_/datasets/imagenet_fewshot.py) and
 # the 7 ImageNet templates.
 _base_ = [
@@ -30,4 +31,3 @@ model = dict(
         search_step=(200, 20, 5),  # (beta, alpha, gamma)
         clip_logit_scale=100.0,
         topk=(1, 5)))
-

@@ -8,4 +8,3 @@ _base_ = [
     './_base_/default_runtime.py',
 ]
 model = dict(templates={{_base_.templates}}, head={{_base_.tip_head}})
-

@@ -12,7 +12,7 @@ __all__ = [
     'CoOpSplitDataset', 'CoOpCaltech101', 'CoOpOxfordPets', 'CoOpStanfordCars',
     'CoOpFlowers102', 'CoOpFood101', 'CoOpSUN397', 'CoOpDTD', 'CoOpEuroSAT',
     'CoOpUCF101', 'CoOpFGVCAircraft', 'AugmentedViewsDataset',
-    'CachedViewsDataset', 'StoredFeaturesDataset', 'ViewCyclingSampler', 'FewShotDataset',
-    'HoldoutDataset', 'SubsetDataset', 'CLIPImageNet', 'read_class_names',
-    'check_class_names'
+    'CachedViewsDataset', 'StoredFeaturesDataset', 'ViewCyclingSampler',
+    'FewShotDataset', 'HoldoutDataset', 'SubsetDataset', 'CLIPImageNet',
+    'read_class_names', 'check_class_names'
 ]

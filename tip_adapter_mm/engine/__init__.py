@@ -1,6 +1,5 @@
 from .feature_extraction import dataset_fingerprint, extract_features
-from .feature_store import (FeatureStore, StoredFeaturesError,
-                            read_features)
+from .feature_store import FeatureStore, StoredFeaturesError, read_features
 from .few_shot_builder import FewShotBuilder, encoder_description
 from .hooks import *  # noqa: F401,F403
 from .optimizers import TrainableParamsOptimWrapperConstructor

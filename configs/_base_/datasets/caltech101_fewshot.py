@@ -1,4 +1,5 @@
-# Caltech101, CoOp's train/val/test split (data_root holds the dataset folders).
+# Caltech101, CoOp's train/val/test split (data_root holds the dataset
+# folders).
 _base_ = ['./coop_fewshot.py']
 
 dataset_type = 'CoOpCaltech101'

@@ -1,4 +1,5 @@
-# DTD, CoOp's train/val/test split (data_root holds the dataset folders).
+# DTD, CoOp's train/val/test split (data_root holds the dataset
+# folders).
 _base_ = ['./coop_fewshot.py']
 
 dataset_type = 'CoOpDTD'

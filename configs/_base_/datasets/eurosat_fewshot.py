@@ -1,4 +1,5 @@
-# EuroSAT, CoOp's train/val/test split (data_root holds the dataset folders).
+# EuroSAT, CoOp's train/val/test split (data_root holds the dataset
+# folders).
 _base_ = ['./coop_fewshot.py']
 
 dataset_type = 'CoOpEuroSAT'

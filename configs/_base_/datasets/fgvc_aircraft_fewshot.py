@@ -1,4 +1,5 @@
-# FGVCAircraft, CoOp's train/val/test split (data_root holds the dataset folders).
+# FGVCAircraft, CoOp's train/val/test split (data_root holds the dataset
+# folders).
 _base_ = ['./coop_fewshot.py']
 
 dataset_type = 'CoOpFGVCAircraft'

@@ -1,4 +1,5 @@
-# Flowers102, CoOp's train/val/test split (data_root holds the dataset folders).
+# Flowers102, CoOp's train/val/test split (data_root holds the dataset
+# folders).
 _base_ = ['./coop_fewshot.py']
 
 dataset_type = 'CoOpFlowers102'

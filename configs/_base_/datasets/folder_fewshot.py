@@ -1,5 +1,6 @@
 # A folder-of-class-folders dataset (MMPretrain CustomDataset):
-#   data_root/train/<class>/*.jpg, data_root/val/<class>/..., data_root/test/...
+#   data_root/train/<class>/*.jpg, data_root/val/<class>/...,
+#   data_root/test/<class>/...
 # Shots come from train/, the search uses val/, the reported number test/.
 _base_ = ['./pipelines.py']
 

@@ -1,4 +1,5 @@
-# Food101, CoOp's train/val/test split (data_root holds the dataset folders).
+# Food101, CoOp's train/val/test split (data_root holds the dataset
+# folders).
 _base_ = ['./coop_fewshot.py']
 
 dataset_type = 'CoOpFood101'

@@ -1,4 +1,5 @@
-# StanfordCars, CoOp's train/val/test split (data_root holds the dataset folders).
+# StanfordCars, CoOp's train/val/test split (data_root holds the dataset
+# folders).
 _base_ = ['./coop_fewshot.py']
 
 dataset_type = 'CoOpStanfordCars'

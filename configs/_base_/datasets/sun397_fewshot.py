@@ -1,4 +1,5 @@
-# SUN397, CoOp's train/val/test split (data_root holds the dataset folders).
+# SUN397, CoOp's train/val/test split (data_root holds the dataset
+# folders).
 _base_ = ['./coop_fewshot.py']
 
 dataset_type = 'CoOpSUN397'

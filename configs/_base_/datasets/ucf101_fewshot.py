@@ -1,4 +1,5 @@
-# UCF101, CoOp's train/val/test split (data_root holds the dataset folders).
+# UCF101, CoOp's train/val/test split (data_root holds the dataset
+# folders).
 _base_ = ['./coop_fewshot.py']
 
 dataset_type = 'CoOpUCF101'
