@@ -38,12 +38,12 @@ def resize_from_state_dict(module: nn.Module, state_dict: dict, prefix: str,
         value = state_dict.get(prefix + name)
         if value is None:
             continue
-        if name in module._parameters:
-            param = module._parameters[name]
-            param.data = torch.empty_like(value, device=param.device)
-        elif name in module._buffers:
-            module._buffers[name] = torch.empty_like(
-                value, device=module._buffers[name].device)
+        current = getattr(module, name)
+        resized = torch.empty_like(value, device=current.device)
+        if isinstance(current, nn.Parameter):
+            current.data = resized  # keep the object an optimizer may hold
+        else:
+            setattr(module, name, resized)
 
 
 class FewShotHead(ClsHead):
