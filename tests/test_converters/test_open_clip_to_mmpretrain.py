@@ -1,5 +1,6 @@
 """open_clip / OpenAI CLIP visual towers -> MMPretrain modules
-(tools/model_converters/open_clip_to_mmpretrain.py) and check_pretrained."""
+(tip_adapter_mm.converters.open_clip_to_mmpretrain, and its command line
+tools/model_converters/open_clip_to_mmpretrain.py) and check_pretrained."""
 import importlib.util
 import json
 from pathlib import Path
@@ -10,11 +11,10 @@ import torch
 from conftest import REPO, python_tool, run_tool
 from mmpretrain.registry import MODELS
 
-from tip_adapter_mm.models.utils import (check_pretrained,
-                                         convert_visual_tower,
-                                         load_clip_state_dict,
-                                         mmpretrain_tower_cfg,
-                                         tower_options_from_model_config)
+from tip_adapter_mm.converters.open_clip_to_mmpretrain import (
+    convert_visual_tower, load_clip_state_dict, mmpretrain_tower_cfg,
+    tower_options_from_model_config)
+from tip_adapter_mm.models.utils import check_pretrained
 
 TOOL = 'model_converters/open_clip_to_mmpretrain.py'
 TEXT_CFG = {
@@ -252,6 +252,15 @@ def test_unknown_non_visual_key_is_refused(vit_quickgelu):
     state_dict['text_decoder.proj.weight'] = torch.ones(2, 2)
     with pytest.raises(ValueError, match=r'text_decoder\.proj\.weight'):
         convert_visual_tower(state_dict)
+
+
+def test_converters_package_exports_the_converter():
+    import tip_adapter_mm.converters as converters
+    assert converters.convert_visual_tower is convert_visual_tower
+    assert converters.load_clip_state_dict is load_clip_state_dict
+    assert converters.mmpretrain_tower_cfg is mmpretrain_tower_cfg
+    assert (converters.tower_options_from_model_config is
+            tower_options_from_model_config)
 
 
 def test_timm_tower_is_refused():

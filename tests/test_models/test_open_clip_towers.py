@@ -4,10 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tip_adapter_mm.datasets import check_class_names, get_templates
+from tip_adapter_mm.datasets import check_class_names
 from tip_adapter_mm.models import (CLIPFewShotClassifier,
                                    OpenCLIPTextEncoder,
                                    OpenCLIPVisualBackbone)
+from tip_adapter_mm.models.utils import get_templates
 
 
 def reference_model(tiny_clip):

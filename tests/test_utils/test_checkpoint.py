@@ -8,8 +8,9 @@ import torch
 from conftest import python_tool, run_tool, tiny_config
 from mmengine.config import Config
 from mmengine.logging import HistoryBuffer
-from mmengine.runner import Runner, load_checkpoint
+from mmengine.runner import load_checkpoint
 from mmengine.runner.checkpoint import _load_checkpoint
+from mmpretrain.registry import RUNNERS
 
 import tip_adapter_mm  # noqa: F401  (registers the weights_only loader)
 
@@ -52,7 +53,8 @@ def test_saved_adapted_model_reproduces_test_metric(tiny_clip, image_folders,
     config = tiny_config(tmp_path / 'tiny.py', tiny_clip, image_folders)
     cfg = Config.fromfile(str(config))
     cfg.work_dir = str(tmp_path / 'work')
-    runner = Runner.from_cfg(cfg)
+    assert cfg.runner_type == 'FewShotRunner'
+    runner = RUNNERS.build(cfg)
     metrics = runner.test()
     head = runner.model.head
     path = tmp_path / 'tip_adapter.pth'
@@ -64,12 +66,22 @@ def test_saved_adapted_model_reproduces_test_metric(tiny_clip, image_folders,
     output = run_tool(python_tool('test.py', str(config), str(path),
                                   '--work-dir', str(tmp_path / 'reload')))
     assert 'Building zero-shot weights' not in output
-    assert 'Encoding' not in output  # neither cache nor search rebuilt
+    # Neither cache nor search rebuilt: the fresh work dir's feature store
+    # is empty, so a rebuild would encode the few-shot views or the val
+    # split; only the test split is encoded (the test loop runs on stored
+    # features of it).
+    encoded = [line for line in output.splitlines() if 'Encoding' in line]
+    assert len(encoded) == 1 and 'Encoding 15 test images' in encoded[0], \
+        encoded
+    assert 'augmented views' not in output and 'val images' not in output
     found = float(output.rsplit('accuracy/top1: ', 1)[1].split()[0])
     assert found == pytest.approx(metrics['accuracy/top1'], abs=1e-4)
 
-    fresh = Runner.from_cfg(cfg).model
+    fresh = RUNNERS.build(cfg).model
     load_checkpoint(fresh, str(path), map_location='cpu')
     assert fresh.head.hyperparameters == head.hyperparameters
-    assert torch.equal(fresh.head.cache_keys, head.cache_keys)
+    assert fresh.head.is_fitted and fresh.head.searched
+    assert torch.equal(fresh.head.cache.keys, head.cache.keys)
+    assert torch.equal(fresh.head.cache.values, head.cache.values)
+    assert torch.equal(fresh.head.cache.beta, head.cache.beta)
     assert torch.equal(fresh.head.zero_shot_weights, head.zero_shot_weights)

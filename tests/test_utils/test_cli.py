@@ -15,7 +15,9 @@ def test_existing_keys_and_constructor_arguments_pass(cfg):
     check_cfg_options(cfg, {
         'fewshot_dataloader.dataset.num_shots': 8,
         'fewshot_dataloader.dataset.seed': 2,
-        'custom_hooks.0.cache_dir': '/shared/features',  # a hook argument
+        'few_shot_cfg.feature_dir': '/shared/features',
+        'few_shot_cfg.augment_epoch': 4,
+        'custom_hooks.1.chunk_size': 1024,  # a hook argument
         'model.backbone.cache_dir': '/shared/open_clip',  # a model argument
         'custom_hooks.1.split': 'test',
         'work_dir': 'elsewhere',  # a Runner setting
@@ -28,6 +30,10 @@ def test_existing_keys_and_constructor_arguments_pass(cfg):
      'takes no such argument'),
     ('model.head.alpah', "model.head has no key 'alpah'"),
     ('custom_hooks.7.split', 'custom_hooks is a list of 2 items'),
+    # BuildCacheHook takes no arguments any more (few_shot_cfg.feature_dir)
+    ('custom_hooks.0.cache_dir',
+     "custom_hooks.0 has no key 'cache_dir' and BuildCacheHook takes no "
+     'such argument'),
     ('modle.head.alpha', "the config has no key 'modle'"),
 ])
 def test_unknown_keys_are_named(cfg, key, message):
