@@ -5,18 +5,11 @@
 # Paper: APE 63.42 top-1 on ImageNet RN50 16-shot
 # (docs/results_sources.md). The reference code searches on ImageNet's val
 # split (the test set) and builds its text weights from CuPL (GPT-3) prompts
-# plus templates; here the search
-# uses the held-out split (configs/_base_/datasets/imagenet_fewshot.py) and
-# the 7 ImageNet templates.
-_base_ = [
-    './_base_/models/tip_adapter_rn50.py',
-    './_base_/datasets/imagenet_fewshot.py',
-    './_base_/schedules/tip_adapter.py',
-    './_base_/default_runtime.py',
-]
+# plus templates; here the search uses the held-out split
+# (configs/_base_/datasets/imagenet_fewshot.py) and the 7 ImageNet templates.
+_base_ = ['./tip_imagenet_16shot.py']  # only the head differs
 
 model = dict(
-    templates={{_base_.templates}},  # the 7 ImageNet templates
     head=dict(
         _delete_=True,
         type='APEHead',

@@ -3,15 +3,9 @@
 # (ICLR 2024 "A Hard-to-Beat Baseline for Training-free CLIP-based
 # Adaptation"; Tip-Adapter 62.03 on the same features). One line differs from
 # configs/tip_imagenet_16shot.py: the head.
-_base_ = [
-    './_base_/models/tip_adapter_rn50.py',
-    './_base_/datasets/imagenet_fewshot.py',
-    './_base_/schedules/tip_adapter.py',
-    './_base_/default_runtime.py',
-]
+_base_ = ['./tip_imagenet_16shot.py']  # only the head differs
 
 model = dict(
-    templates={{_base_.templates}},
     head=dict(
         _delete_=True,
         type='GDAHead',

@@ -3,12 +3,7 @@
 # seed 1. No text tower and nothing to search: the smallest training-free
 # head, one head file (tip_adapter_mm/models/heads/ncm_head.py) and this
 # config.
-_base_ = [
-    './_base_/models/tip_adapter_rn50.py',
-    './_base_/datasets/imagenet_fewshot.py',
-    './_base_/schedules/tip_adapter.py',
-    './_base_/default_runtime.py',
-]
+_base_ = ['./tip_imagenet_16shot.py']  # only the head differs
 model = dict(
     text_encoder=None,
     head=dict(

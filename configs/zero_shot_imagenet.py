@@ -1,14 +1,8 @@
 # Zero-shot CLIP RN50 on ImageNet (ZeroShotHead): the 7 ImageNet prompt
 # templates, nothing fitted on the few-shot set, nothing searched (the few-shot
 # loader only names the classes). Paper (Tip-Adapter, Table 1): 60.33 top-1.
-_base_ = [
-    './_base_/models/tip_adapter_rn50.py',
-    './_base_/datasets/imagenet_fewshot.py',
-    './_base_/schedules/tip_adapter.py',
-    './_base_/default_runtime.py',
-]
+_base_ = ['./tip_imagenet_16shot.py']  # only the head differs
 model = dict(
-    templates={{_base_.templates}},
     head=dict(
         _delete_=True,
         type='ZeroShotHead',
