@@ -45,11 +45,13 @@ def check_features(feats: Any, num_sets: int, owner: str,
         raise ValueError(
             f'{owner} takes the features of {num_sets} visual encoder(s), '
             f'got {len(feats)} tensor(s).')
-    for f in feats:
-        if f.dim() != dims or f.shape[:-1] != feats[0].shape[:-1]:
-            raise ValueError(
-                f'{owner} takes {shape} tensors with the same leading sizes, '
-                f'got shapes {[tuple(x.shape) for x in feats]}.')
+    shapes = [tuple(x.shape) for x in feats]
+    if any(f.dim() != dims for f in feats):
+        raise ValueError(f'{owner} takes {shape} tensors ({dims} dimensions), '
+                         f'got shapes {shapes}.')
+    if any(f.shape[:-1] != feats[0].shape[:-1] for f in feats):
+        raise ValueError(f'{owner} takes {shape} tensors with the same '
+                         f'leading sizes, got shapes {shapes}.')
     return tuple(feats)
 
 

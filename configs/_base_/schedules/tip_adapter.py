@@ -8,6 +8,7 @@ runner_type = 'FewShotRunner'  # owns the stored features, fits the head
 few_shot_cfg = dict(
     augment_epoch=10,  # augmented views of each few-shot image
     feature_dir=None,  # default <work_dir>/feature_cache
+    seed=None,  # of the augmentations; default the few-shot dataset's seed
 )
 
 # Validation and test run on the stored features of their split: each image
