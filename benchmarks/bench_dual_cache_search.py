@@ -51,8 +51,10 @@ def parse_args():
 
 
 def problem(args, device):
-    """Heads sharing one cache and zero-shot weights, and search features
-    ``(f, f2)``: both encoders see noisy copies of class centres."""
+    """Heads sharing one cache (``head.cache``; the two-cache heads also
+    ``head.second_cache``, same values) and zero-shot weights, and search
+    features ``f``, ``f2``: both encoders see noisy copies of class
+    centres."""
     g = torch.Generator().manual_seed(args.seed)
 
     def around(centres, spread):
@@ -79,10 +81,11 @@ def problem(args, device):
         second_search_step=args.joint_steps, search_mode='joint')
     for head in (single, dual, joint):
         head.set_zero_shot_weights(zero_shot)
-        head.set_cache(keys, values)
+        head.cache.set(keys, values)
         head.to(device)
     for head in (dual, joint):
-        head.set_second_cache_keys(keys2)
+        # Both caches hold the same few-shot images: same values.
+        head.second_cache.set(keys2, head.cache.values)
     return (single, dual, joint, feats.to(device), feats2.to(device),
             labels.to(device))
 
@@ -103,8 +106,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     single, dual, joint, f, f2, labels = problem(args, device)
+    # grid_search takes a tuple with one feature tensor per visual encoder.
     runs = {
-        'Tip-Adapter': (single, f),
+        'Tip-Adapter': (single, (f, )),
         'two caches, staged': (dual, (f, f2)),
         'two caches, joint (small grid)': (joint, (f, f2)),
     }

@@ -43,7 +43,8 @@ from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import (REPO, add_model_args, add_out_arg, cpu_model, new_parser,
+from common import (REPO, add_model_args, add_out_arg, cpu_model,
+                    cpu_seconds, new_parser, other_cpu_share,
                     write_clip_model, write_json)
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
@@ -54,7 +55,8 @@ from mmpretrain.registry import MODELS
 from tip_adapter_mm.datasets.augmented_views import AugmentedViewsDataset
 from tip_adapter_mm.datasets.few_shot import FewShotDataset
 from tip_adapter_mm.engine import extract_features, grid_search
-from tip_adapter_mm.models.heads.tip_adapter_head import TipAdapterHead
+from tip_adapter_mm.models.heads import TipAdapterHead
+from tip_adapter_mm.structures import EncodedFeatures
 
 PIPELINES = osp.join(REPO, 'configs', '_base_', 'datasets', 'pipelines.py')
 MODEL_NAME = 'TipAdapterBench-ViT'
@@ -127,26 +129,6 @@ def machine_info(device: torch.device) -> dict:
     if device.type == 'cuda':
         info['gpu'] = torch.cuda.get_device_name(device)
     return info
-
-
-def cpu_seconds() -> Tuple[float, float]:
-    """``(machine, own)`` CPU seconds so far: busy time of all cores
-    (``/proc/stat``) and of this process with its reaped children."""
-    with open('/proc/stat') as f:
-        fields = [int(v) for v in f.readline().split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    ticks = os.sysconf('SC_CLK_TCK')
-    own = os.times()
-    return ((user + nice + system + irq + softirq) / ticks,
-            own.user + own.system + own.children_user + own.children_system)
-
-
-def other_cpu_share(start: Tuple[float, float], wall: float) -> float:
-    """Fraction of the machine's CPU time used by other processes since
-    ``start`` (a :func:`cpu_seconds`), over ``wall`` seconds."""
-    machine, own = cpu_seconds()
-    other = (machine - start[0]) - (own - start[1])
-    return max(0.0, other) / (wall * os.cpu_count())
 
 
 # -- model and data -----------------------------------------------------------
@@ -303,10 +285,12 @@ def summary(times: Dict[str, List[float]], work: float) -> dict:
 
 # -- 1. cache building --------------------------------------------------------
 def bench_cache(model, args: argparse.Namespace, root: str,
-                device: torch.device) -> Tuple[dict, dict]:
+                device: torch.device) -> Tuple[dict, EncodedFeatures]:
     """Cache-building throughput against the bare encoder's.
 
-    Returns the results and the features of the last cache pass.
+    Returns the results and the features of the last cache pass (one
+    ``(S, C)`` tensor per encoder, view-major: row ``v * S' + s`` is view
+    ``v`` of few-shot image ``s``).
     """
     pipelines = Config.fromfile(PIPELINES)
     fewshot = FewShotDataset(
@@ -322,7 +306,7 @@ def bench_cache(model, args: argparse.Namespace, root: str,
 
     def cache_pass() -> None:
         with quiet_stdout():
-            features.update(extract_features(model, loader))
+            features['views'] = extract_features(model, loader)
 
     @torch.no_grad()
     def bare_pass() -> None:
@@ -336,18 +320,18 @@ def bench_cache(model, args: argparse.Namespace, root: str,
                   few_shot_images=len(fewshot),
                   target=TARGETS['cache_ratio'],
                   met=result['ratio'] >= TARGETS['cache_ratio'])
-    return result, features
+    return result, features['views']
 
 
-def set_cache_from_views(model, views: dict, num_views: int) -> None:
-    """Cache keys and values from the encoded views, as BuildCacheHook
-    builds them: mean over views, L2-normalised; one-hot labels."""
+def fit_head_on_views(model, views: EncodedFeatures, num_views: int) -> None:
+    """Fit the head on the encoded views, as ``FewShotRunner``'s builder
+    does for ``BuildCacheHook``: ``head.fit`` on the ``(V, S, C)`` views
+    (the cache: their mean, L2-normalised; one-hot labels)."""
     head = model.head
-    feats = views['feats'].view(num_views, -1, views['feats'].shape[-1])
-    labels = views['labels'].view(num_views, -1)[0]
-    device = head.cache_values.device
-    head.set_cache(F.normalize(feats.mean(dim=0), dim=-1).to(device),
-                   F.one_hot(labels, head.num_classes).float().to(device))
+    labels = views.labels.view(num_views, -1)[0]
+    device = head.cache.values.device
+    head.fit(tuple(f.to(device) for f in views.views(num_views)),
+             labels.to(device))
 
 
 # -- 2. alpha/beta search -----------------------------------------------------
@@ -371,7 +355,7 @@ def search_problem(args: argparse.Namespace, device: torch.device):
     head = TipAdapterHead(num_classes, search_step=args.search_steps).to(
         device)
     head.set_zero_shot_weights(around(centres, SPREAD['text']).t())
-    head.set_cache(around(centres[key_labels], SPREAD['image']),
+    head.cache.set(around(centres[key_labels], SPREAD['image']),
                    F.one_hot(key_labels, num_classes).float().to(device))
     feats = around(centres[labels], SPREAD['image'])
     return head, feats, labels.to(device)
@@ -386,8 +370,8 @@ def loop_search(head: TipAdapterHead, feats: torch.Tensor,
     keeps it with ``>``), its accuracy and the correct counts per point.
     """
     grid = head.search_grid()
-    weights, keys = head.zero_shot_weights, head.cache_keys
-    values, scale = head.cache_values, head.clip_logit_scale
+    weights, keys = head.zero_shot_weights, head.cache.keys
+    values, scale = head.cache.values, head.clip_logit_scale
     correct = torch.zeros(len(grid['beta']), len(grid['alpha']),
                           dtype=torch.int64)
     best, best_count = None, -1
@@ -405,9 +389,10 @@ def loop_search(head: TipAdapterHead, feats: torch.Tensor,
 
 def run_search(method: str, head, feats, labels,
                args: argparse.Namespace):
-    """``grid_search`` (method 'vectorised') or :func:`loop_search`."""
+    """``grid_search`` (method 'vectorised'; it takes a tuple with one
+    feature tensor per encoder) or :func:`loop_search`."""
     if method == 'vectorised':
-        return grid_search(head, feats, labels, args.search_chunk_size,
+        return grid_search(head, (feats, ), labels, args.search_chunk_size,
                            args.search_max_elements)
     return loop_search(head, feats, labels)
 
@@ -504,6 +489,8 @@ def zero_shot_predict(model, inputs: torch.Tensor):
     """Zero-shot CLIP: ``model.predict`` without the cache term (backbone,
     normalisation, ``clip_logits``, the head's usual post-processing)."""
     head = model.head
+    # extract_feat gives one tensor per encoder; pre_logits checks the tuple
+    # and returns the tensor of the single encoder.
     feats = head.pre_logits(model.extract_feat(inputs))
     return head._get_predictions(head.clip_logits(feats), None)
 
@@ -525,7 +512,7 @@ def bench_test_time(model, args: argparse.Namespace, root: str,
     result = summary(times, args.val_size)
     result['overhead'] = 1 - result.pop('ratio')
     result.update(images_per_pass=args.val_size, unit='images/s',
-                  cache_keys=int(model.head.cache_keys.shape[0]),
+                  cache_keys=int(model.head.cache.keys.shape[0]),
                   target=TARGETS['test_overhead'],
                   met=result['overhead'] <= TARGETS['test_overhead'])
     return result
@@ -602,7 +589,7 @@ def main(argv: Sequence[str] = None) -> dict:
         model = build_model(clip, args.num_classes, device)
         model.build_zero_shot_weights(classes)
         cache, views = bench_cache(model, args, root, device)
-        set_cache_from_views(model, views, args.augment_epoch)
+        fit_head_on_views(model, views, args.augment_epoch)
         results = dict(machine=machine, args=vars(args),
                        cache_building=cache,
                        search=bench_search(args, device),

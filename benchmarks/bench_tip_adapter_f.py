@@ -15,7 +15,10 @@ schedule, runtime) with the tiny model swapped in:
   ``DefaultSampler``: a fresh augmentation of every image is decoded and
   encoded at every iteration.
 
-Both use the same seeds, epochs, batch size and ``augment_epoch``. Each run
+Both use the same seeds, epochs (``train_cfg.max_epochs``), batch size
+(``train_cfg.global_batch_size``) and ``few_shot_cfg.augment_epoch``; the
+schedule's hooks (``BuildCacheHook``, ``HyperparameterSearchHook`` on val)
+and stored-feature val/test loops are the real ones. Each run
 is ``tools/train.py`` in a subprocess with its own work dir and
 ``--threads`` CPU threads. The training time is the train loop's own time:
 MMEngine's ``IterTimerHook`` times every iteration (data loading included)
@@ -115,9 +118,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     train.add_argument('--epochs', type=int, default=10,
                        help='fine-tuning epochs (train_cfg.max_epochs)')
     train.add_argument('--batch-size', type=int, default=16,
-                       help='global_batch_size')
+                       help='train_cfg.global_batch_size')
     train.add_argument('--augment-epoch', type=int, default=10,
-                       help='augmented views encoded for the cache')
+                       help='augmented views encoded for the cache '
+                       '(few_shot_cfg.augment_epoch)')
     train.add_argument('--num-workers', type=int, default=0,
                        help='dataloader workers of the re-encode train '
                        'loader (0: all work, hence the peak RSS, in the '
@@ -211,13 +215,10 @@ def config_text(path: str, clip: dict, data_root: str,
         'dataset=dict(data_root=data_root))',
         'test_dataloader = dict(num_workers=0, '
         'dataset=dict(data_root=data_root))',
-        f'global_batch_size = {args.batch_size}',
-        f'train_cfg = dict(max_epochs={args.epochs})',
-        f'param_scheduler = dict(T_max={args.epochs}, end={args.epochs})',
-        'custom_hooks = [',
-        '    dict(type=\'BuildCacheHook\', '
-        f'augment_epoch={args.augment_epoch}),',
-        '    dict(type=\'HyperparameterSearchHook\', split=\'val\')]',
+        '# The cosine schedule follows train_cfg.max_epochs.',
+        f'train_cfg = dict(max_epochs={args.epochs}, '
+        f'global_batch_size={args.batch_size})',
+        f'few_shot_cfg = dict(augment_epoch={args.augment_epoch})',
         '# Timing the train loop: one log at the end of every epoch, with '
         'the mean',
         '# of the iteration times of that epoch (IterTimerHook).',

@@ -12,6 +12,7 @@ import json
 import os
 import os.path as osp
 import platform
+from typing import Tuple
 
 #: The repository root.
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -62,6 +63,26 @@ def cpu_model() -> str:
                 cpu = line.split(':', 1)[1].strip()
                 break
     return cpu
+
+
+def cpu_seconds() -> Tuple[float, float]:
+    """``(machine, own)`` CPU seconds so far: busy time of all cores
+    (``/proc/stat``) and of this process with its reaped children."""
+    with open('/proc/stat') as f:
+        fields = [int(v) for v in f.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    ticks = os.sysconf('SC_CLK_TCK')
+    own = os.times()
+    return ((user + nice + system + irq + softirq) / ticks,
+            own.user + own.system + own.children_user + own.children_system)
+
+
+def other_cpu_share(start: Tuple[float, float], wall: float) -> float:
+    """Fraction of the machine's CPU time used by other processes since
+    ``start`` (a :func:`cpu_seconds`), over ``wall`` seconds."""
+    machine, own = cpu_seconds()
+    other = (machine - start[0]) - (own - start[1])
+    return max(0.0, other) / (wall * os.cpu_count())
 
 
 # -- model --------------------------------------------------------------------
