@@ -249,7 +249,7 @@ class CountingOpenCLIPVisualBackbone(OpenCLIPVisualBackbone):
 
 @HOOKS.register_module()
 class EncoderCountMarkerHook(Hook):
-    priority = 'VERY_HIGHEST'
+    priority = 'HIGHEST'
 
     def __init__(self, count_file):
         self.count_file = count_file

@@ -24,7 +24,7 @@ class SearchResult:
         accuracy_grid: Top-1 accuracy (%) at every point, shaped like grid.
         num_samples: Number of samples searched on.
         stages: The result of each stage, when the head searches in more
-            than one (:meth:`BaseCacheHead.search_stages`); else empty.
+            than one (:meth:`FewShotHead.search_stages`); else empty.
     """
     best: Dict[str, float]
     accuracy: float
