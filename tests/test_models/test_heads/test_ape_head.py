@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS
+from conftest import CONFIGS, random_problem
 from mmengine.config import Config
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -79,15 +79,17 @@ def np_ape_logits(f, W, keys, values, idx, alpha, beta, gamma, scale=100.):
 
 
 # -- problems ----------------------------------------------------------------
-def random_problem(num=9,
-                   channels=32,
-                   classes=5,
-                   shots=3,
-                   views=4,
-                   seed=0,
-                   labels=None):
-    """Raw views ``(V, S, C)`` (non-zero mean, as CLIP's), their labels,
-    text weights ``(C, N)`` and test features ``(M, C)``."""
+def ape_problem(num=9,
+                channels=32,
+                classes=5,
+                shots=3,
+                views=4,
+                seed=0,
+                labels=None):
+    """Raw views ``(V, S, C)`` (non-zero mean, as CLIP's, and channels of
+    different scales, which the channel criterion sees), their labels (any
+    order, any shots per class), text weights ``(C, N)`` and test features
+    ``(M, C)``. (conftest's ``random_problem`` has neither.)"""
     g = torch.Generator().manual_seed(seed)
     offset = torch.randn(channels, generator=g)
     if labels is None:
@@ -105,7 +107,7 @@ def random_problem(num=9,
 def build_head(view_feats, labels, weights, **kwargs):
     head = APEHead(num_classes=weights.shape[1], **kwargs)
     head.set_zero_shot_weights(weights)
-    head.build_cache(view_feats, labels)
+    head.fit((view_feats, ), labels)
     return head
 
 
@@ -126,16 +128,17 @@ def np_keys(view_feats):
     ])
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_channel_selection_equals_naive_loops(labels, seed):
-    view_feats, labels, weights, _ = random_problem(
+    view_feats, labels, weights, _ = ape_problem(
         channels=6, classes=3, seed=seed, labels=labels)
     head = build_head(view_feats, labels, weights, feat_num=6)
     W, = as_np(weights)
     expected = np_indices(
         W, np_keys(view_feats), labels.numpy(), 6, loops=True)
-    assert head.feat_indices.dtype == torch.long
-    assert head.feat_indices.tolist() == expected.tolist()  # whole ranking
+    assert head.cache.feat_indices.dtype == torch.long
+    # The whole ranking.
+    assert head.cache.feat_indices.tolist() == expected.tolist()
     head3 = build_head(view_feats, labels, weights, feat_num=3)
-    assert head3.feat_indices.tolist() == expected[:3].tolist()
+    assert head3.cache.feat_indices.tolist() == expected[:3].tolist()
     # The pair-mask form used below agrees with the loops.
     np.testing.assert_allclose(
         np_similarity_pairs(W, np_keys(view_feats), labels.numpy()),
@@ -145,7 +148,7 @@ def test_channel_selection_equals_naive_loops(labels, seed):
 
 @pytest.mark.parametrize('weights_w', [(0.7, 0.3), (0.2, 0.8)])
 def test_channels_and_value_weights_equal_numpy(weights_w):
-    view_feats, labels, weights, _ = random_problem(
+    view_feats, labels, weights, _ = ape_problem(
         channels=64, classes=7, shots=4, seed=3)
     head = build_head(
         view_feats,
@@ -154,28 +157,34 @@ def test_channels_and_value_weights_equal_numpy(weights_w):
         feat_num=20,
         gamma=0.3,
         criterion_weights=weights_w)
-    W, values = as_np(weights, head.cache_values)
+    W, values = as_np(weights, head.cache.values)
     keys = np_keys(view_feats)
     np.testing.assert_allclose(
-        head.cache_keys.double().numpy(), keys, rtol=1e-5, atol=1e-6)
+        head.cache.keys.double().numpy(), keys, rtol=1e-5, atol=1e-6)
     idx = np_indices(W, keys, labels.numpy(), 20, weights_w)
-    assert head.feat_indices.tolist() == idx.tolist()
+    assert head.cache.feat_indices.tolist() == idx.tolist()
     for gamma in (0.3, 0.0, 0.45):
         expected = np_value_weights(W, keys, values, idx, gamma)
+        # value_weights(gamma) is gone: it is exp(gamma * cache_div).
         np.testing.assert_allclose(
-            head.value_weights(torch.tensor(gamma)).double().numpy(),
+            torch.exp(gamma * head.cache_div).double().numpy(),
             expected,
             rtol=1e-5)
+        np.testing.assert_allclose(
+            head.soft_values(gamma).double().numpy(),
+            values * expected,
+            rtol=1e-5)
+    # By default, at the head's gamma.
     np.testing.assert_allclose(
-        head.value_weights().double().numpy(),
-        np_value_weights(W, keys, values, idx, 0.3),
+        head.soft_values().double().numpy(),
+        values * np_value_weights(W, keys, values, idx, 0.3),
         rtol=1e-5)
 
 
 @pytest.mark.parametrize('alpha,beta,gamma', [(2.0, 1.0, 0.1), (0.7, 5.5, 0.4),
                                               (3.1, 0.1, 0.0)])
 def test_logits_equal_numpy(alpha, beta, gamma):
-    view_feats, labels, weights, feats = random_problem(seed=4)
+    view_feats, labels, weights, feats = ape_problem(seed=4)
     head = build_head(
         view_feats,
         labels,
@@ -184,7 +193,7 @@ def test_logits_equal_numpy(alpha, beta, gamma):
         alpha=alpha,
         beta=beta,
         gamma=gamma)
-    f, W, values = as_np(feats, weights, head.cache_values)
+    f, W, values = as_np(feats, weights, head.cache.values)
     keys = np_keys(view_feats)
     idx = np_indices(W, keys, labels.numpy(), 12)
     expected = np_ape_logits(f, W, keys, values, idx, alpha, beta, gamma)
@@ -201,7 +210,7 @@ def test_logits_equal_numpy(alpha, beta, gamma):
 
 
 def test_all_channels_and_gamma_zero_is_tip_adapter():
-    view_feats, labels, weights, feats = random_problem(seed=5)
+    view_feats, labels, weights, feats = ape_problem(seed=5)
     ape = build_head(
         view_feats,
         labels,
@@ -212,9 +221,9 @@ def test_all_channels_and_gamma_zero_is_tip_adapter():
         gamma=0.0)
     tip = TipAdapterHead(num_classes=5, alpha=1.7, beta=3.3)
     tip.set_zero_shot_weights(weights)
-    tip.build_cache(view_feats, labels)
-    assert torch.equal(ape.cache_keys, tip.cache_keys)
-    assert sorted(ape.feat_indices.tolist()) == list(range(32))
+    tip.fit((view_feats, ), labels)
+    assert torch.equal(ape.cache.keys, tip.cache.keys)
+    assert sorted(ape.cache.feat_indices.tolist()) == list(range(32))
     torch.testing.assert_close(
         ape((feats, )), tip((feats, )), rtol=1e-5, atol=1e-5)
     # ... and not with fewer channels or gamma > 0.
@@ -228,25 +237,16 @@ SCALE, STEPS = (7, 30, 2), (10, 6, 4)
 
 
 def search_problem(seed, num=120, channels=24, classes=6, shots=4):
-    g = torch.Generator().manual_seed(seed)
-    centres = F.normalize(torch.randn(classes, channels, generator=g), dim=-1)
-    labels = torch.randint(0, classes, (num, ), generator=g)
-    feats = F.normalize(
-        centres[labels] + 0.3 * torch.randn(num, channels, generator=g),
-        dim=-1)
-    key_labels = torch.arange(classes).repeat_interleave(shots)
-    views = centres[key_labels] + 0.3 * torch.randn(
-        3, len(key_labels), channels, generator=g)
-    weights = F.normalize(
-        centres.t() + 0.5 * torch.randn(channels, classes, generator=g), dim=0)
+    p = random_problem(seed=seed, classes=classes, channels=channels,
+                       shots=shots, num_val=num, noise=0.3)
     head = APEHead(
         num_classes=classes,
         feat_num=16,
         search_scale=SCALE,
         search_step=STEPS)
-    head.set_zero_shot_weights(weights)
-    head.build_cache(views, key_labels)
-    return head, feats, labels
+    head.set_zero_shot_weights(p['zero_shot_weights'])
+    head.fit((p['support'], ), p['support_labels'])
+    return head, F.normalize(p['val'], dim=-1), p['val_labels']
 
 
 def triple_loop(head, feats, labels):
@@ -256,15 +256,15 @@ def triple_loop(head, feats, labels):
     betas = [i * (scale[0] - 0.1) / steps[0] + 0.1 for i in range(steps[0])]
     alphas = [i * (scale[1] - 0.1) / steps[1] + 0.1 for i in range(steps[1])]
     gammas = [i * scale[2] / steps[2] for i in range(steps[2])]
-    idx = head.feat_indices
-    keys = F.normalize(head.cache_keys[:, idx], dim=1)
+    idx = head.cache.feat_indices
+    keys = F.normalize(head.cache.keys[:, idx], dim=1)
     affinity = F.normalize(feats[:, idx], dim=1) @ keys.t()
     clip_logits = 100.0 * feats @ head.zero_shot_weights
     best = (0.0, None, None, None)
     for beta in betas:
         for alpha in alphas:
             for gamma in gammas:
-                soft = head.cache_values * torch.exp(
+                soft = head.cache.values * torch.exp(
                     torch.tensor(gamma, dtype=torch.float32) * head.cache_div)
                 cache_logits = torch.exp(-beta * (1 - affinity)) @ soft
                 logits = clip_logits + alpha * cache_logits
@@ -280,12 +280,12 @@ def triple_loop(head, feats, labels):
 def test_search_equals_triple_loop(seed, chunk_size, max_elements):
     head, feats, labels = search_problem(seed)
     acc, beta, alpha, gamma = triple_loop(head, feats, labels)
-    result = grid_search(head, feats, labels, chunk_size, max_elements)
+    result = grid_search(head, (feats, ), labels, chunk_size, max_elements)
     assert result.best == {'beta': beta, 'alpha': alpha, 'gamma': gamma}
     assert gamma > 0  # the value weights matter here
     assert result.accuracy == pytest.approx(acc, abs=1e-9)
     assert result.accuracy_grid.shape == (10, 6, 4)
-    counts = head.count_correct(feats, labels, max_elements)
+    counts = head.count_correct((feats, ), labels, {}, max_elements)
     assert counts.dtype == torch.int64 and counts.shape == (10, 6, 4)
 
 
@@ -308,16 +308,17 @@ class LargestTensor(TorchDispatchMode):
 def test_count_correct_respects_max_elements(max_elements):
     head, feats, labels = search_problem(4)
     feats, labels = feats[:50], labels[:50]  # (M, NK) = 1200 elements
-    expected = head.count_correct(feats, labels, 2**26)
+    expected = head.count_correct((feats, ), labels, {}, 2**26)
     with LargestTensor() as mode:
-        counts = head.count_correct(feats, labels, max_elements)
+        counts = head.count_correct((feats, ), labels, {}, max_elements)
     assert torch.equal(counts, expected)
     assert 1200 < mode.largest <= max_elements
 
 
 def test_search_counts_every_point_as_forward():
     head, feats, labels = search_problem(2, num=40)
-    result = grid_search(head, feats, labels, chunk_size=16, max_elements=3000)
+    result = grid_search(head, (feats, ), labels, chunk_size=16,
+                         max_elements=3000)
     grid = head.search_grid()
     assert len(torch.unique(result.accuracy_grid)) > 20
     for i in (0, 4, 9):
@@ -334,8 +335,8 @@ def test_search_counts_every_point_as_forward():
 
 def test_first_best_wins_ties_and_report_handles_3d(tmp_path):
     head, feats, labels = search_problem(3, num=30)
-    head.cache_values.zero_()  # every point: the zero-shot accuracy
-    result = grid_search(head, feats, labels)
+    head.cache.values.zero_()  # every point: the zero-shot accuracy
+    result = grid_search(head, (feats, ), labels)
     assert torch.unique(result.accuracy_grid).numel() == 1
     assert result.best == {'beta': 0.1, 'alpha': 0.1, 'gamma': 0.0}
     paths = save_search_report(result, str(tmp_path))
@@ -356,44 +357,75 @@ def test_search_grid_follows_reference_formula():
     assert head.hyperparameters == {'beta': 1.0, 'alpha': 2.0, 'gamma': 0.1}
 
 
-def test_state_dict_round_trip():
-    view_feats, labels, weights, feats = random_problem(seed=6)
+@pytest.mark.parametrize('searched', [True, False])
+def test_state_dict_round_trip(searched):
+    view_feats, labels, weights, feats = ape_problem(seed=6)
     head = build_head(view_feats, labels, weights, feat_num=10)
-    head.set_hyperparameters(beta=4.25, alpha=2.5, gamma=0.3)
+    best = dict(beta=4.25, alpha=2.5, gamma=0.3)
+    if searched:
+        head.apply_search(best)
+    else:
+        head.set_hyperparameters(**best)
     fresh = APEHead(num_classes=5)
-    assert not fresh.has_cache and not fresh.is_refined
+    assert not fresh.is_fitted and not fresh.cache.has_selection
     fresh.load_state_dict(head.state_dict())
-    assert fresh.searched and fresh.hyperparameters == {
-        'beta': 4.25,
-        'alpha': 2.5,
-        'gamma': 0.3
-    }
-    assert fresh.feat_indices.dtype == torch.long
-    assert torch.equal(fresh.feat_indices, head.feat_indices)
+    assert fresh.is_fitted and fresh.cache.has_selection
+    assert fresh.searched == searched
+    assert fresh.hyperparameters == {'beta': 4.25, 'alpha': 2.5,
+                                     'gamma': 0.3}
+    assert fresh.fixed_hyperparameters() == {'alpha': 2.0, 'beta': 1.0,
+                                             'gamma': 0.1}
+    assert fresh.cache.feat_indices.dtype == torch.long
+    assert torch.equal(fresh.cache.feat_indices, head.cache.feat_indices)
     assert torch.equal(fresh.cache_div, head.cache_div)
     assert torch.equal(fresh((feats, )), head((feats, )))
 
 
+def test_old_style_state_dict_loads():
+    """A checkpoint of the version before the cache component: keys,
+    values, beta and the channel indices at the head's top level."""
+    view_feats, labels, weights, feats = ape_problem(seed=8)
+    head = build_head(view_feats, labels, weights, feat_num=10)
+    head.apply_search(dict(beta=3.5, alpha=1.5, gamma=0.2))
+    new = head.state_dict()
+    renamed = {'cache.keys': 'cache_keys', 'cache.values': 'cache_values',
+               'cache.beta': 'beta', 'cache.feat_indices': 'feat_indices'}
+    old = {renamed.get(k, k): v.clone() for k, v in new.items()}
+    assert set(old) == {'cache_keys', 'cache_values', 'beta', 'feat_indices',
+                        'alpha', 'gamma', 'cache_div', 'zero_shot_weights',
+                        'clip_logit_scale', 'is_searched'}
+    fresh = APEHead(num_classes=5)
+    fresh.load_state_dict(old, strict=True)
+    assert fresh.searched and fresh.hyperparameters == {
+        'beta': 3.5, 'alpha': 1.5, 'gamma': 0.2}
+    assert torch.equal(fresh.cache.feat_indices, head.cache.feat_indices)
+    assert torch.equal(fresh((feats, )), head((feats, )))
+
+
 def test_refinement_follows_cache_and_errors_are_clear():
-    view_feats, labels, weights, feats = random_problem(seed=7)
+    view_feats, labels, weights, feats = ape_problem(seed=7)
     head = APEHead(num_classes=5, feat_num=8)
     with pytest.raises(RuntimeError, match='zero_shot_weights'):
-        head.build_cache(view_feats, labels)
+        head.fit((view_feats, ), labels)
     with pytest.raises(ValueError, match=r'feat_num=40.*C=32'):
         build_head(view_feats, labels, weights, feat_num=40)
     # Cache first, weights second (e.g. weights rebuilt for a checkpoint):
     # refined as soon as both are there, the same as the other way round.
     keys = F.normalize(view_feats.mean(0), dim=-1)
-    head.set_cache(keys, F.one_hot(labels, 5).float())
-    assert not head.is_refined
+    head.cache.set(keys, F.one_hot(labels, 5).float())
+    assert head.cache.is_built and not head.cache.has_selection
+    assert not head.is_fitted
     with pytest.raises(RuntimeError, match='zero_shot_weights'):
         head((feats, ))
     head.set_zero_shot_weights(weights)
+    assert head.is_fitted
     other = build_head(view_feats, labels, weights, feat_num=8)
-    assert torch.equal(head.feat_indices, other.feat_indices)
+    assert torch.equal(head.cache.feat_indices, other.cache.feat_indices)
     torch.testing.assert_close(head((feats, )), other((feats, )))
     with pytest.raises(ValueError, match='3 values'):
         APEHead(num_classes=5, search_scale=(7, 3), search_step=(200, 20))
+    with pytest.raises(TypeError, match=r'APEHead.*bare tensor'):
+        head(feats)
 
 
 def test_config_parses_with_reference_values():

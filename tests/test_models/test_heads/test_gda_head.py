@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS
+from conftest import CONFIGS, random_problem
 from mmengine.config import Config
 
 from tip_adapter_mm.engine import grid_search
@@ -29,29 +29,29 @@ def numpy_gda(views: np.ndarray, labels: np.ndarray, classes: int):
 
 
 def random_views(seed=0, views=3, classes=4, shots=5, channels=6,
-                 spread=1.0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, channels)) * 3
-    labels = np.repeat(np.arange(classes), shots)
-    feats = centres[labels][None] + spread * rng.normal(
-        size=(views, classes * shots, channels))
-    return feats, labels
+                 noise=0.3, **kwargs):
+    """Raw views ``(V, S, C)`` and labels as NumPy arrays, and the rest of
+    :func:`random_problem` (text weights, held-out features)."""
+    p = random_problem(seed=seed, classes=classes, channels=channels,
+                       shots=shots, views=views, noise=noise, **kwargs)
+    return p['support'].numpy(), p['support_labels'].numpy(), p
 
 
-def fitted_head(feats, labels, classes, **kwargs):
+def fitted_head(feats, labels, classes, weights=None, **kwargs):
     head = GDAHead(num_classes=classes, **kwargs)
-    rng = np.random.default_rng(1)
-    head.set_zero_shot_weights(
-        F.normalize(torch.from_numpy(rng.normal(size=(feats.shape[-1],
-                                                      classes))).float(),
-                    dim=0))
-    head.build_cache(torch.from_numpy(feats).float(), torch.from_numpy(labels))
+    if weights is None:
+        rng = np.random.default_rng(1)
+        weights = F.normalize(torch.from_numpy(
+            rng.normal(size=(feats.shape[-1], classes))).float(), dim=0)
+    head.set_zero_shot_weights(weights)
+    head.fit((torch.from_numpy(feats).float(), ), torch.from_numpy(labels))
     return head
 
 
 def test_fit_matches_numpy():
-    feats, labels = random_views()
+    feats, labels, _ = random_views()
     head = fitted_head(feats, labels, 4)
+    assert head.is_fitted
     weights, bias = numpy_gda(feats, labels, 4)
     np.testing.assert_allclose(head.gda_weights.numpy(), weights, rtol=1e-4,
                                atol=1e-4 * np.abs(weights).max())
@@ -60,64 +60,106 @@ def test_fit_matches_numpy():
 
 
 def test_logits_follow_formula():
-    feats, labels = random_views(seed=2)
+    feats, labels, p = random_views(seed=2, num_test=9)
     head = fitted_head(feats, labels, 4, alpha=0.37)
     weights, bias = numpy_gda(feats, labels, 4)
-    f = F.normalize(torch.randn(9, 6), dim=-1)
+    f = F.normalize(p['test'], dim=-1)
     expected = (100 * f.double().numpy() @ head.zero_shot_weights.double()
                 .numpy() + 0.37 * (f.double().numpy() @ weights + bias))
     np.testing.assert_allclose(head((f, )).double().numpy(), expected,
                                rtol=1e-4, atol=1e-3)
+    # gda_logits takes the tensor of the one encoder.
+    np.testing.assert_allclose(head.gda_logits(f).double().numpy(),
+                               f.double().numpy() @ weights + bias,
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_well_separated_gaussians_are_classified_almost_perfectly():
-    feats, labels = random_views(seed=3, views=5, classes=5, shots=8,
-                                 channels=16, spread=0.3)
+    # Noise of norm ~0.12 around unit-norm centres: well separated.
+    feats, labels, p = random_views(seed=3, views=5, classes=5, shots=8,
+                                    channels=16, noise=0.03, num_test=200)
     head = fitted_head(feats, labels, 5, alpha=100.0)
-    # The same centres (seed 3), other noise (another shape of draw).
-    test_feats, test_labels = random_views(seed=3, views=1, classes=5,
-                                           shots=40, channels=16,
-                                           spread=0.3)
-    f = F.normalize(torch.from_numpy(test_feats[0]).float(), dim=-1)
+    # The same centres, other draws.
+    f = F.normalize(p['test'], dim=-1)
     head.zero_shot_weights.zero_()  # the GDA term alone
-    accuracy = (head((f, )).argmax(1).numpy() == test_labels).mean()
+    accuracy = (head((f, )).argmax(1) == p['test_labels']).double().mean()
     assert accuracy >= 0.98
 
 
 def test_search_over_alpha_equals_loop():
-    feats, labels = random_views(seed=5, spread=3.0)
+    feats, labels, p = random_views(seed=5, noise=1.0, num_val=60)
     head = fitted_head(feats, labels, 4)
-    f = F.normalize(torch.randn(60, 6, generator=torch.Generator()
-                                .manual_seed(0)), dim=-1)
-    y = torch.randint(0, 4, (60, ), generator=torch.Generator()
-                      .manual_seed(1))
+    f = F.normalize(p['val'], dim=-1)
+    y = p['val_labels']
     best = (-1.0, None)
     for alpha in (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0):
         head.set_hyperparameters(alpha=alpha)
         acc = (head((f, )).argmax(1) == y).double().mean().item() * 100
         if acc > best[0]:
             best = (acc, alpha)
+    assert best[1] != 1e-4  # the GDA term matters on this data
+    head.set_hyperparameters(alpha=1.0)
     for max_elements in (2**26, 300):
-        result = grid_search(head, f, y, chunk_size=17,
+        result = grid_search(head, (f, ), y, chunk_size=17,
                              max_elements=max_elements)
         assert result.best == {'alpha': best[1]}
         assert result.accuracy == pytest.approx(best[0])
+        assert head.hyperparameters == {'alpha': 1.0}  # not applied
 
 
-def test_state_dict_round_trip():
-    feats, labels = random_views(seed=6)
+@pytest.mark.parametrize('searched', [True, False])
+def test_state_dict_round_trip(searched):
+    feats, labels, p = random_views(seed=6, num_test=3)
     head = fitted_head(feats, labels, 4)
-    head.set_hyperparameters(alpha=10.0)
+    if searched:
+        head.apply_search({'alpha': 10.0})
+    else:
+        head.set_hyperparameters(alpha=10.0)
     fresh = GDAHead(num_classes=4)
-    assert not fresh.has_cache
+    assert not fresh.is_fitted
     fresh.load_state_dict(head.state_dict())
-    f = F.normalize(torch.randn(3, 6), dim=-1)
+    assert fresh.is_fitted
+    f = F.normalize(p['test'], dim=-1)
     assert torch.equal(fresh((f, )), head((f, )))
-    assert fresh.hyperparameters == {'alpha': 10.0} and fresh.searched
+    assert fresh.hyperparameters == {'alpha': 10.0}
+    assert fresh.searched == searched
+
+
+def test_no_cache_and_old_checkpoints_with_an_empty_one_load():
+    """GDA has no cache any more; checkpoints of the version that kept an
+    empty one in GDA heads still load, strictly."""
+    feats, labels, p = random_views(seed=7, num_test=5)
+    head = fitted_head(feats, labels, 4)
+    head.apply_search({'alpha': 0.1})
+    assert not hasattr(head, 'cache')
+    assert not any('cache' in k for k in head.state_dict())
+    old = dict(head.state_dict(), cache_keys=torch.zeros(0, 0),
+               cache_values=torch.zeros(0, 4))
+    fresh = GDAHead(num_classes=4)
+    fresh.load_state_dict(old, strict=True)
+    f = F.normalize(p['test'], dim=-1)
+    assert torch.equal(fresh((f, )), head((f, )))
+    assert fresh.searched and fresh.hyperparameters == {'alpha': 0.1}
+    assert set(fresh.state_dict()) == set(head.state_dict())
+
+
+def test_features_contract_and_fixed_hyperparameters():
+    feats, labels, p = random_views(seed=8, num_test=5)
+    head = fitted_head(feats, labels, 4, alpha=0.5)
+    f = F.normalize(p['test'], dim=-1)
+    with pytest.raises(TypeError, match=r'GDAHead.*bare tensor.*\(feats, \)'):
+        head(f)
+    with pytest.raises(TypeError, match='GDAHead.fit.*bare tensor'):
+        head.fit(torch.from_numpy(feats), torch.from_numpy(labels))
+    head.apply_search({'alpha': 100.0})
+    assert head.fixed_hyperparameters() == {'alpha': 0.5}
+    assert list(head.search_grid()) == ['alpha']
+    assert head.search_grid()['alpha'].tolist() == [
+        1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]
 
 
 def test_missing_class_is_named():
-    feats, labels = random_views()
+    feats, labels, _ = random_views()
     with pytest.raises(ValueError, match=r'classes \[4\] have no'):
         fitted_head(feats, labels, 5)
 
@@ -130,7 +172,8 @@ def test_config_is_tip_adapter_with_one_line_changed():
     assert set(gda.model.head) == {'type', 'num_classes', 'alpha',
                                    'alpha_grid', 'topk'}
     for key in ('fewshot_dataloader', 'val_dataloader', 'test_dataloader',
-                'custom_hooks'):
+                'custom_hooks', 'runner_type', 'few_shot_cfg', 'val_cfg',
+                'test_cfg', 'val_evaluator', 'test_evaluator'):
         assert gda[key] == tip[key]
     assert {k: v for k, v in gda.model.items() if k != 'head'} == {
         k: v for k, v in tip.model.items() if k != 'head'}
