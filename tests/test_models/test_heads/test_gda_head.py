@@ -177,3 +177,20 @@ def test_config_is_tip_adapter_with_one_line_changed():
         assert gda[key] == tip[key]
     assert {k: v for k, v in gda.model.items() if k != 'head'} == {
         k: v for k, v in tip.model.items() if k != 'head'}
+
+
+def test_counts_refuse_a_bare_tensor():
+    """A bare (M, C) tensor is not silently read as its first row."""
+    from tip_adapter_mm.models import (APEHead, CacheOnlyHead,
+                                       DualCacheTipAdapterHead,
+                                       TipAdapterHead)
+    p = random_problem(seed=7, classes=7, num_val=7)
+    feats = torch.nn.functional.normalize(p['val'], dim=-1)
+    for head in (GDAHead(num_classes=7), TipAdapterHead(num_classes=7),
+                 APEHead(num_classes=7, feat_num=8), CacheOnlyHead(
+                     num_classes=7), DualCacheTipAdapterHead(num_classes=7)):
+        with pytest.raises(TypeError, match='bare tensor'):
+            head.count_correct(feats, p['val_labels'], {})
+    with pytest.raises(ValueError, match='set model.second_backbone'):
+        DualCacheTipAdapterHead(num_classes=7).count_correct(
+            (feats, ), p['val_labels'], {})

@@ -257,7 +257,7 @@ class APEHead(ZeroShotHead):
                       max_elements: int = 2**26) -> torch.Tensor:
         """Correct top-1 counts ``(n_beta, n_alpha, n_gamma)``: one cache
         grid count per gamma, with its soft values."""
-        f = feats[0]
+        f, = self.check_feats(feats)
         grid = self.search_grid()
         clip_logits = self.clip_logits(f)
         affinity = self.cache.affinity(f)

@@ -39,7 +39,8 @@ def resize_from_state_dict(module: nn.Module, state_dict: dict, prefix: str,
         if value is None:
             continue
         current = getattr(module, name)
-        resized = torch.empty_like(value, device=current.device)
+        resized = torch.empty_like(value, device=current.device,
+                                   memory_format=torch.contiguous_format)
         if isinstance(current, nn.Parameter):
             current.data = resized  # keep the object an optimizer may hold
         else:
@@ -104,11 +105,22 @@ class FewShotHead(ClsHead):
         self._fixed_hyperparameters: Dict[str, float] = OrderedDict()
 
     # -- features ------------------------------------------------------------
+    def check_feats(self, feats: Features) -> Features:
+        """``feats`` checked against the contract: a tuple of
+        ``num_feature_sets`` tensors ``(B, C_e)``."""
+        try:
+            return check_features(feats, self.num_feature_sets,
+                                  type(self).__name__)
+        except ValueError as err:
+            if self.num_feature_sets > 1:
+                raise ValueError(f'{err} A second visual encoder gives the '
+                                 'second: set model.second_backbone.') from err
+            raise
+
     def pre_logits(self, feats: Features) -> Union[torch.Tensor, Features]:
         """The features of the tuple: the tensor itself for one encoder, the
         tuple for several."""
-        feats = check_features(feats, self.num_feature_sets,
-                               type(self).__name__)
+        feats = self.check_feats(feats)
         return feats[0] if self.num_feature_sets == 1 else feats
 
     def check_views(self, view_feats: Features,

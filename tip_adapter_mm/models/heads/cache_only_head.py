@@ -83,5 +83,6 @@ class CacheOnlyHead(FewShotHead):
                       params: Dict[str, float],
                       max_elements: int = 2**26) -> torch.Tensor:
         return self.cache.count_correct(
-            feats[0], labels, self.search_grid()['beta'], torch.ones(1),
+            self.check_feats(feats)[0], labels, self.search_grid()['beta'],
+            torch.ones(1),
             max_elements=max_elements)[:, 0]

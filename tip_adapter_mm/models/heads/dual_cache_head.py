@@ -133,7 +133,7 @@ class DualCacheTipAdapterHead(TipAdapterHead):
                              max_elements: int = 2**26) -> torch.Tensor:
         """Stage 2: ``(n_beta2, n_alpha2)`` counts, the first cache at
         ``params['beta']``, ``params['alpha']``."""
-        f, f2 = feats
+        f, f2 = self.check_feats(feats)
         grid = self.second_grid()
         base = self.clip_logits(f) + params['alpha'] * self.cache.logits(
             f, beta=params['beta'])
@@ -147,7 +147,7 @@ class DualCacheTipAdapterHead(TipAdapterHead):
                       max_elements: int = 2**26) -> torch.Tensor:
         """Counts over the joint grid, ``(n_beta, n_alpha, n_beta2,
         n_alpha2)``: one Tip-Adapter grid count per ``(beta2, alpha2)``."""
-        f, f2 = feats
+        f, f2 = self.check_feats(feats)
         first, second = super().search_grid(), self.second_grid()
         clip = self.clip_logits(f)
         affinity = self.cache.affinity(f)

@@ -116,7 +116,7 @@ class GDAHead(ZeroShotHead):
     def count_correct(self, feats: Features, labels: torch.Tensor,
                       params: Dict[str, float],
                       max_elements: int = 2**26) -> torch.Tensor:
-        f = feats[0]
+        f, = self.check_feats(feats)
         alphas = self.search_grid()['alpha'].to(f.device, torch.float32)
         clip_logits = self.clip_logits(f)  # (M, N)
         gda_logits = self.gda_logits(f)  # (M, N)

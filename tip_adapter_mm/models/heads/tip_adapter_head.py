@@ -101,7 +101,7 @@ class TipAdapterHead(ZeroShotHead):
                       params: Dict[str, float],
                       max_elements: int = 2**26) -> torch.Tensor:
         """``(n_beta, n_alpha)`` counts of Tip-Adapter's logits."""
-        f = feats[0]
+        f = self.check_feats(feats)[0]
         grid = self.search_grid()
         return self.cache.count_correct(
             f, labels, grid['beta'], grid['alpha'],
