@@ -13,30 +13,32 @@ import torch
 from conftest import REPO, python_tool, run_tool, tiny_config
 from mmengine.config import Config
 from mmengine.dataset import default_collate
-from mmengine.runner import Runner
 
 import tip_adapter_mm  # noqa: F401
+from mmpretrain.registry import RUNNERS
 from tip_adapter_mm.apis import TipAdapterInferencer, export_torchscript
 
 
 @pytest.fixture(scope='module')
 def adapted(tiny_clip, image_folders, tmp_path_factory):
     """A config, a checkpoint of the adapted tiny model (as
-    tests/test_checkpoint.py saves it) and the test images."""
+    tests/test_utils/test_checkpoint.py saves it) and the test images."""
     root = tmp_path_factory.mktemp('adapted')
     config = tiny_config(root / 'tiny.py', tiny_clip, image_folders)
     cfg = Config.fromfile(str(config))
     cfg.work_dir = str(root / 'work')
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)  # FewShotRunner
     runner.test()
     dataset_meta = runner.test_dataloader.dataset.metainfo
+    assert list(dataset_meta['classes']) == sorted(
+        p.name for p in (image_folders / 'test').iterdir())
     checkpoint = root / 'tip_adapter.pth'
     torch.save(dict(meta=dict(dataset_meta=dataset_meta),
                     state_dict=runner.model.state_dict()), checkpoint)
     # The same model before BuildCacheHook ran: nothing to predict with.
     empty = root / 'empty.pth'
     torch.save(dict(meta=dict(dataset_meta=dataset_meta),
-                    state_dict=Runner.from_cfg(cfg).model.state_dict()),
+                    state_dict=RUNNERS.build(cfg).model.state_dict()),
                empty)
     images = sorted(str(p) for p in (image_folders / 'test').rglob('*.jpg'))
     return dict(root=root, config=str(config), checkpoint=str(checkpoint),
@@ -168,13 +170,14 @@ def test_infer_and_export_tools(adapted, predictions, capsys, monkeypatch):
 
 
 def test_checkpoint_without_cache_is_a_clear_error(adapted, monkeypatch):
-    with pytest.raises(RuntimeError, match='holds no cache for '
+    with pytest.raises(RuntimeError, match='holds no fitted '
                        'TipAdapterHead.*BuildCacheHook'):
         TipAdapterInferencer(adapted['config'], pretrained=adapted['empty'],
                              device='cpu')
     with pytest.raises(RuntimeError, match='No checkpoint was given'):
         TipAdapterInferencer(adapted['config'], pretrained=False,
                              device='cpu')
-    with pytest.raises(RuntimeError, match='empty.pth.*holds no cache'):
+    with pytest.raises(RuntimeError,
+                       match='empty.pth.*holds no fitted TipAdapterHead'):
         run_script('infer.py', adapted['config'], adapted['empty'],
                    adapted['images'][0], monkeypatch=monkeypatch)

@@ -1,14 +1,29 @@
-"""Every experiment config parses with the SPEC table's settings, builds
-its datasets lazily without data, and fails clearly when data is missing."""
+"""Every config parses, builds its model, hooks and loops from the
+registries, carries Tip-Adapter's published per-dataset settings (through
+its dataset base), builds its datasets lazily without data, and fails
+clearly when data is missing."""
+import copy
+
 import pytest
 from conftest import CONFIGS
 from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.runner import loops as mmengine_loops
 
-from mmpretrain.registry import DATASETS
+import tip_adapter_mm  # noqa: F401  (registers the plugin's modules)
+from mmpretrain.registry import (DATA_SAMPLERS, DATASETS, HOOKS, LOOPS,
+                                 METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS,
+                                 PARAM_SCHEDULERS, RUNNERS)
+from tip_adapter_mm.engine import FewShotRunner
+from tip_adapter_mm.models.classifiers import CLIPFewShotClassifier
+from tip_adapter_mm.models.heads import FewShotHead, ZeroShotHead
+from tip_adapter_mm.models.utils import get_templates
 
-# SPEC section 3, written out here independently of the configs:
+# Tip-Adapter's published settings (paper and reference configs, CLIP
+# RN50), written out here independently of the configs:
 # dataset -> (templates key, classes, search scale (beta, alpha),
-#             initial alpha, Tip-Adapter-F epochs)
+#             initial alpha, Tip-Adapter-F epochs). Initial beta is 1
+#             everywhere.
 SPEC = {
     'imagenet': ('imagenet', 1000, (7, 3), 1.17, 20),
     'caltech101': ('caltech101', 100, (12, 5), 3, 20),
@@ -22,13 +37,41 @@ SPEC = {
     'sun397': ('sun397', 397, (12, 10), 1.17, 20),
     'ucf101': ('ucf101', 101, (7, 3), 3, 20),
 }
+INITIAL_BETA = 1.0
+#: ImageNet's prompt ensemble in Tip-Adapter: 7 templates.
+IMAGENET_TEMPLATES = 7
+
 EXPERIMENTS = sorted(p.name for p in CONFIGS.glob('*.py'))
+CUSTOM = [f'custom/{p.name}' for p in sorted(CONFIGS.glob('custom/*.py'))]
+ALL_CONFIGS = EXPERIMENTS + CUSTOM
 TIP_EXPERIMENTS = [name for name in EXPERIMENTS if name.startswith('tip_')]
+#: Experiment configs of other methods on a dataset base.
+OTHER_EXPERIMENTS = [
+    name for name in EXPERIMENTS if not name.startswith('tip_')
+]
 
 
 def dataset_of(name: str) -> str:
-    stem = name[len('tip_f_') if name.startswith('tip_f_') else len('tip_'):]
-    return stem.split('_16shot')[0]
+    """The dataset of an experiment config's file name."""
+    for prefix in ('tip_f_', 'tip_', 'ape_', 'gda_', 'ncm_', 'zero_shot_'):
+        if name.startswith(prefix):
+            stem = name[len(prefix):]
+            break
+    else:
+        raise ValueError(name)
+    return stem.split('_16shot')[0].split('.py')[0]
+
+
+def dataset_base(cfg: Config) -> Config:
+    """The config's dataset base, read on its own."""
+    return Config.fromfile(
+        str(CONFIGS / '_base_/datasets' / f'{cfg.dataset_name}_fewshot.py'))
+
+
+def test_new_configs_are_checked():
+    assert {'ncm_imagenet_16shot.py', 'zero_shot_imagenet.py',
+            'ape_imagenet_16shot.py', 'gda_imagenet_16shot.py'} <= set(
+                EXPERIMENTS)
 
 
 def test_every_dataset_has_both_methods():
@@ -37,19 +80,127 @@ def test_every_dataset_has_both_methods():
         assert f'tip_f_{dataset}_16shot.py' in EXPERIMENTS
 
 
-@pytest.mark.parametrize('name', TIP_EXPERIMENTS)
-def test_config_follows_spec_table(name):
+def test_every_dataset_base_follows_the_published_table():
+    for dataset, (templates, classes, scale, alpha, epochs) in SPEC.items():
+        base = Config.fromfile(
+            str(CONFIGS / '_base_/datasets' / f'{dataset}_fewshot.py'))
+        assert base.dataset_name == dataset
+        assert base.num_classes == classes
+        assert base.templates == templates
+        assert base.tip_head == dict(
+            num_classes=classes, alpha=alpha, search_scale=scale)
+        assert base.tip_f_head == dict(base.tip_head, train_cache_keys=True)
+        assert base.f_epochs == epochs
+    assert len(get_templates('imagenet')) == IMAGENET_TEMPLATES
+
+
+def dataset_types(node):
+    """Every ``type`` of a (nested) dataset config."""
+    while isinstance(node, dict):
+        if node.get('type') is not None:
+            yield node['type']
+        node = node.get('dataset')
+
+
+@pytest.mark.parametrize('name', ALL_CONFIGS)
+def test_config_builds_from_the_registries(name):
+    """The runner, model (with random weights instead of downloads), hooks,
+    loops, metrics, datasets and optimiser of every config resolve in
+    MMPretrain's registries."""
     cfg = Config.fromfile(str(CONFIGS / name))
-    templates, classes, scale, alpha, epochs = SPEC[dataset_of(name)]
     assert cfg.custom_imports.imports == ['tip_adapter_mm']
+    assert RUNNERS.get(cfg.runner_type) is FewShotRunner
+    assert cfg.few_shot_cfg.augment_epoch == 10
+    assert cfg.few_shot_cfg.get('feature_dir') is None
+
+    model_cfg = copy.deepcopy(cfg.model.to_dict())
+    if model_cfg['backbone'].get('pretrained'):
+        model_cfg['backbone']['pretrained'] = None  # no download
+    model = MODELS.build(model_cfg)
+    assert isinstance(model, CLIPFewShotClassifier)
+    assert isinstance(model.head, FewShotHead)
+    assert type(model.head).__name__ == cfg.model.head.type
+    assert type(model.backbone).__name__ == cfg.model.backbone.type
+    if isinstance(model.head, ZeroShotHead):
+        assert MODELS.get(cfg.model.text_encoder.type) is not None
+    assert model.num_feature_sets == (
+        2 if cfg.model.get('second_backbone') else 1)
+
+    hooks = [HOOKS.build(copy.deepcopy(h)) for h in cfg.custom_hooks]
+    assert all(isinstance(h, Hook) for h in hooks)
+    assert [type(h).__name__ for h in hooks][:2] == [
+        'BuildCacheHook', 'HyperparameterSearchHook'
+    ]
+    assert cfg.custom_hooks[0] == dict(type='BuildCacheHook')
+
+    assert cfg.val_cfg.type == 'StoredFeaturesValLoop'
+    assert cfg.test_cfg.type == 'StoredFeaturesTestLoop'
+    assert issubclass(LOOPS.get(cfg.val_cfg.type), mmengine_loops.ValLoop)
+    assert issubclass(LOOPS.get(cfg.test_cfg.type),
+                      mmengine_loops.TestLoop)
+    for evaluator in (cfg.val_evaluator, cfg.test_evaluator):
+        assert METRICS.get(evaluator.type) is not None
+    for key in ('fewshot_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert DATA_SAMPLERS.get(cfg[key].sampler.type) is not None
+        types = list(dataset_types(cfg[key].dataset))
+        assert types and all(DATASETS.get(t) is not None for t in types)
+
+    if cfg.get('train_cfg') is not None:
+        assert cfg.train_cfg.type == 'FewShotTrainLoop'
+        assert issubclass(LOOPS.get(cfg.train_cfg.type),
+                          mmengine_loops.EpochBasedTrainLoop)
+        assert 'global_batch_size' not in cfg  # now train_cfg's
+        assert cfg.train_cfg.global_batch_size == 256
+        assert DATA_SAMPLERS.get(
+            cfg.train_dataloader.sampler.type) is not None
+        types = list(dataset_types(cfg.train_dataloader.dataset))
+        assert types and all(DATASETS.get(t) is not None for t in types)
+        assert OPTIM_WRAPPER_CONSTRUCTORS.get(
+            cfg.optim_wrapper.constructor) is not None
+        assert PARAM_SCHEDULERS.get(cfg.param_scheduler.type) is not None
+        # The schedule follows train_cfg.max_epochs: no end of its own.
+        assert 'T_max' not in cfg.param_scheduler
+        assert 'end' not in cfg.param_scheduler
+        assert cfg.param_scheduler.convert_to_iter_based
+        assert getattr(model.head, 'cache', None) is not None
+        assert model.head.cache.learnable_keys
+        # Only the cache keys train (both key sets with a second cache).
+        assert [n for n, p in model.named_parameters() if p.requires_grad
+                ] == ['head.cache.keys'] + (['head.second_cache.keys']
+                                            if model.num_feature_sets == 2
+                                            else [])
+
+
+@pytest.mark.parametrize('name', TIP_EXPERIMENTS)
+def test_config_follows_its_dataset_base_and_the_published_table(name):
+    cfg = Config.fromfile(str(CONFIGS / name))
+    dataset = dataset_of(name)
+    templates, classes, scale, alpha, epochs = SPEC[dataset]
+    assert cfg.dataset_name == dataset
+    base = dataset_base(cfg)
+    is_f = name.startswith('tip_f_')
     head = cfg.model.head
+
+    # The head settings are the dataset base's...
+    base_head = base.tip_f_head if is_f else base.tip_head
+    for key, value in base_head.items():
+        assert head[key] == value, key
+    assert cfg.model.templates == base.templates
+    if is_f:
+        assert cfg.train_cfg.max_epochs == base.f_epochs
+    # ... and these are the published ones.
     dual = name.endswith('_dual_cache_resnet50.py')
     assert head.type == ('DualCacheTipAdapterHead'
                          if dual else 'TipAdapterHead')
-    assert (head.num_classes, head.alpha, head.beta) == (classes, alpha, 1.0)
+    assert (head.num_classes, head.alpha, head.beta) == (classes, alpha,
+                                                         INITIAL_BETA)
     assert tuple(head.search_scale) == scale
     assert tuple(head.search_step) == (200, 20)
     assert cfg.model.templates == templates
+    if dataset == 'imagenet':
+        assert len(get_templates(cfg.model.templates)) == IMAGENET_TEMPLATES
+    assert head.get('train_cache_keys', False) is is_f
+
     backbone, text = cfg.model.backbone, cfg.model.text_encoder
     if name.endswith('_mmpretrain_rn50.py'):
         # MMPretrain's module holding RN50's converted weights
@@ -73,24 +224,47 @@ def test_config_follows_spec_table(name):
         assert head.search_mode == 'staged'
     assert cfg.fewshot_dataloader.dataset.num_shots == 16
     assert cfg.fewshot_dataloader.dataset.seed == 1
-    assert cfg.custom_hooks[0] == dict(type='BuildCacheHook',
-                                       augment_epoch=10)
-    is_f = name.startswith('tip_f_')
-    assert head.get('train_cache_keys', False) is is_f
+    assert cfg.custom_hooks[0] == dict(type='BuildCacheHook')
+    assert cfg.few_shot_cfg.augment_epoch == 10
     if is_f:
         assert cfg.runner_type == 'FewShotRunner'
         assert cfg.train_cfg.max_epochs == epochs
-        assert cfg.param_scheduler.T_max == cfg.param_scheduler.end == epochs
-        assert cfg.global_batch_size == 256
+        assert 'T_max' not in cfg.param_scheduler
+        assert 'end' not in cfg.param_scheduler
+        assert cfg.train_cfg.global_batch_size == 256
         optimizer = cfg.optim_wrapper.optimizer
         assert (optimizer.type, optimizer.lr, optimizer.eps,
                 optimizer.weight_decay) == ('AdamW', 1e-3, 1e-4, 0.01)
         assert cfg.param_scheduler.convert_to_iter_based
+    else:
+        assert cfg.get('train_cfg') is None
     reference = 'reference_protocol' in name
     assert (cfg.custom_hooks[1].split == 'test') is reference
     # Validation never reads the test split, except in the named option.
     assert (cfg.val_dataloader.dataset == cfg.test_dataloader.dataset) is \
         reference
+
+
+@pytest.mark.parametrize('name', OTHER_EXPERIMENTS)
+def test_other_methods_take_their_dataset_base(name):
+    """APE, GDA, NCM and zero-shot CLIP: the dataset's classes and (with a
+    text tower) its templates."""
+    cfg = Config.fromfile(str(CONFIGS / name))
+    dataset = dataset_of(name)
+    assert cfg.dataset_name == dataset
+    base = dataset_base(cfg)
+    assert cfg.model.head.num_classes == base.num_classes == SPEC[dataset][1]
+    if cfg.model.get('text_encoder') is not None:
+        assert cfg.model.templates == base.templates == SPEC[dataset][0]
+    else:
+        assert cfg.model.head.type == 'NCMHead'
+    if dataset == 'imagenet' and cfg.model.get('text_encoder') is not None:
+        assert len(get_templates(cfg.model.templates)) == IMAGENET_TEMPLATES
+    assert cfg.get('train_cfg') is None
+    assert cfg.fewshot_dataloader.dataset.num_shots == 16
+    assert cfg.fewshot_dataloader.dataset.seed == 1
+    # Validation never reads the test split.
+    assert cfg.val_dataloader.dataset != cfg.test_dataloader.dataset
 
 
 def inner(dataset_cfg: dict) -> dict:
@@ -99,9 +273,7 @@ def inner(dataset_cfg: dict) -> dict:
     return dataset_cfg
 
 
-@pytest.mark.parametrize('name', EXPERIMENTS + [
-    f'custom/{p.name}' for p in sorted(CONFIGS.glob('custom/*.py'))
-])
+@pytest.mark.parametrize('name', ALL_CONFIGS)
 def test_datasets_build_lazily_and_fail_clearly_without_data(name, tmp_path):
     cfg = Config.fromfile(str(CONFIGS / name))
     for key in ('fewshot_dataloader', 'val_dataloader', 'test_dataloader'):
@@ -119,8 +291,6 @@ def test_datasets_build_lazily_and_fail_clearly_without_data(name, tmp_path):
 def test_mmpretrain_clip_towers_build_and_name_a_missing_checkpoint(name):
     """The configs build MMPretrain's modules as they are; without the
     converted checkpoint, initialising names the file."""
-    import tip_adapter_mm  # noqa: F401
-    from mmpretrain.registry import MODELS
     cfg = Config.fromfile(str(CONFIGS / name))
     model = MODELS.build(cfg.model)
     checkpoint = cfg.model.backbone.init_cfg.checkpoint

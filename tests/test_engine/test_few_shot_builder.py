@@ -1,15 +1,17 @@
-"""BuildCacheHook: keys are the normalised mean of raw features of the
-augmented passes, computed here with a deterministic stand-in encoder."""
+"""FewShotBuilder (through BuildCacheHook on a FewShotRunner): the stored
+support views are the raw features of the augmented passes, and the cache
+keys their normalised mean, computed here with a deterministic stand-in
+encoder."""
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from mmengine.config import Config
 from mmengine.model import BaseModule
-from mmengine.runner import Runner
 
-from mmpretrain.registry import DATASETS, MODELS
+from mmpretrain.registry import DATASETS, MODELS, RUNNERS
 from tip_adapter_mm.datasets import AugmentedViewsDataset
+from tip_adapter_mm.engine import FewShotRunner, read_features
 from conftest import CONFIGS
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073]) * 255
@@ -82,12 +84,16 @@ def test_cache_keys_are_normalised_mean_of_raw_view_features(
                 text_encoder=dict(type='OpenCLIPTextEncoder', **tiny_clip),
                 head=dict(type='TipAdapterHead', num_classes=3, topk=(1, ))),
             work_dir=str(tmp_path / 'work'),
-            test_cfg=dict(),
+            runner_type='FewShotRunner',
+            few_shot_cfg=dict(augment_epoch=4),
+            test_cfg=dict(type='StoredFeaturesTestLoop'),
             default_scope='mmpretrain',
-            custom_hooks=[dict(type='BuildCacheHook', augment_epoch=4)]))
+            custom_hooks=[dict(type='BuildCacheHook')]))
     for key in ('val_dataloader', 'val_evaluator'):
         cfg.pop(key)
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
+    assert isinstance(runner, FewShotRunner)
+    assert runner.few_shot.augment_epoch == 4
     runner.test()
     head = runner.model.head
 
@@ -96,12 +102,20 @@ def test_cache_keys_are_normalised_mean_of_raw_view_features(
     raw = np.stack([
         stand_in_features(views[j]['inputs']) for j in range(len(views))
     ]).reshape(4, 9, 32)
+    # The feature store holds these raw (unnormalised) features, view-major
+    # (float32 pooling of ~12k pixels per quadrant: ~1e-5 of the scale).
+    stored = read_features(runner.few_shot.support_views_path)
+    assert runner.few_shot.support_views_path.startswith(
+        str(tmp_path / 'work' / 'feature_cache' / 'support_views_'))
+    np.testing.assert_allclose(
+        stored.feats[0].numpy(), raw.reshape(36, 32), rtol=1e-4,
+        atol=1e-4 * np.abs(raw).max())
     norms = np.linalg.norm(raw, axis=2)
     assert (norms.max(axis=0) / norms.min(axis=0)).min() > 1.05
     expected = raw.mean(axis=0)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(
-        head.cache_keys.numpy(), expected, rtol=1e-4, atol=1e-5)
+        head.cache.keys.numpy(), expected, rtol=1e-4, atol=1e-5)
     # Averaging normalised features instead would give other keys.
     normalised_first = (raw / np.linalg.norm(raw, axis=2, keepdims=True)).mean(
         axis=0)
@@ -109,5 +123,8 @@ def test_cache_keys_are_normalised_mean_of_raw_view_features(
     assert np.abs(normalised_first - expected).max() > 1e-2
     labels = np.array(
         [views[j]['data_samples'].gt_label.item() for j in range(9)])
-    np.testing.assert_array_equal(head.cache_values.numpy(), np.eye(3)[labels])
+    np.testing.assert_array_equal(head.cache.values.numpy(),
+                                  np.eye(3)[labels])
+    np.testing.assert_array_equal(stored.labels.numpy(),
+                                  np.tile(labels, 4))
     assert head.has_zero_shot_weights

@@ -11,20 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, free_port, python_tool, run_tool, tiny_config
+from conftest import (CONFIGS, python_tool, run_distributed, run_tool,
+                      tiny_config)
 from mmengine.config import Config
 
 from mmpretrain.models import ResNet
 from mmpretrain.registry import DATASETS
-from tip_adapter_mm.models.utils import (convert_visual_tower,
-                                         load_clip_state_dict,
-                                         mmpretrain_tower_cfg)
+from tip_adapter_mm.converters import (convert_visual_tower,
+                                       load_clip_state_dict,
+                                       mmpretrain_tower_cfg)
+from tip_adapter_mm.engine import read_features
 
 EPOCHS = 2
+# The schedule follows train_cfg.max_epochs (no T_max/end of its own).
 F_EXTRA = f"""
-global_batch_size = 4
-train_cfg = dict(max_epochs={EPOCHS})
-param_scheduler = dict(T_max={EPOCHS}, end={EPOCHS})
+train_cfg = dict(max_epochs={EPOCHS}, global_batch_size=4)
 """
 #: ImageNet's normalisation (0-255 scale), which the ResNets expect.
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
@@ -43,10 +44,17 @@ def search_report(work_dir: Path) -> dict:
     return json.loads(reports[-1].read_text())
 
 
-def views_of(work_dir: Path) -> dict:
-    files = sorted((work_dir / 'feature_cache').glob('views_*.pth'))
+def stored(work_dir: Path, name: str):
+    """The one feature-store entry ``<name>_<key>.pth`` of a run, read and
+    verified by the package's reader."""
+    files = sorted((work_dir / 'feature_cache').glob(f'{name}_*.pth'))
     assert len(files) == 1, files
-    return torch.load(files[0], weights_only=True)
+    return read_features(str(files[0]))
+
+
+def views_of(work_dir: Path):
+    """The support views of a run: one (V * S, C_e) tensor per encoder."""
+    return stored(work_dir, 'support_views')
 
 
 def checkpoint_state(path: Path) -> dict:
@@ -128,7 +136,8 @@ model['neck'] = {converted_tower['neck']!r}
                                                               name))
     (_, (clip_scores, labels), clip_report) = runs['open_clip']
     (output, (mm_scores, mm_labels), mm_report) = runs['mmpretrain']
-    assert 'Cache model: 12 keys of dim 32' in output
+    assert ('TipAdapterHead fitted on 12 few-shot images x 3 augmented views'
+            ' (features of dim 32)') in output
     torch.testing.assert_close(mm_scores, clip_scores, atol=1e-4, rtol=1e-4)
     assert torch.equal(mm_labels, labels)
     assert mm_report['best'] == clip_report['best']
@@ -159,7 +168,7 @@ model['neck'] = {converted_tower['neck']!r}
     (clip_top1, clip_state), (mm_top1, mm_state) = (runs['open_clip'],
                                                     runs['mmpretrain'])
     assert mm_top1 == clip_top1
-    for key in ('head.cache_keys', 'head.alpha', 'head.beta'):
+    for key in ('head.cache.keys', 'head.alpha', 'head.cache.beta'):
         torch.testing.assert_close(mm_state[key], clip_state[key],
                                    atol=1e-4, rtol=1e-4)
     # MMPretrain's tower is saved with the model; open_clip's is not.
@@ -203,12 +212,14 @@ def test_dual_cache_test_py(tiny_clip, image_folders, tiny_resnet, tmp_path):
     work_dir = tmp_path / 'work'
     output = run_tool(
         python_tool('test.py', str(config), '--work-dir', str(work_dir)))
-    assert 'Cache model: 12 keys of dim 32 and 64' in output
+    assert ('DualCacheTipAdapterHead fitted on 12 few-shot images x 3 '
+            'augmented views (features of dim 32 and 64)') in output
     # (beta, alpha) 20 x 10, then (beta2, alpha2) 10 x (5 + 1)
     assert 'Hyperparameter search on val (12 images, 260 points)' in output
     views = views_of(work_dir)
-    assert views['feats'].shape == (36, 32)
-    assert views['second_feats'].shape == (36, 64)
+    assert views.num_sets == 2
+    assert views.feats[0].shape == (36, 32)
+    assert views.feats[1].shape == (36, 64)
     report = search_report(work_dir)
     assert set(report['best']) == {'beta', 'alpha', 'beta2', 'alpha2'}
     stage1, stage2 = report['stages']
@@ -240,8 +251,8 @@ def test_dual_cache_tip_f_trains_both_key_sets(dual_f_run, image_folders,
     assert f'Epoch(train) [{EPOCHS}]' in output
     state = checkpoint_state(work_dir / 'final_searched.pth')
     views = views_of(work_dir)
-    for key, feats in (('head.cache_keys', views['feats']),
-                       ('head.second_cache_keys', views['second_feats'])):
+    for key, feats in (('head.cache.keys', views.feats[0]),
+                       ('head.second_cache.keys', views.feats[1])):
         initial = F.normalize(feats.view(3, 12, -1).mean(dim=0), dim=-1)
         assert state[key].shape == initial.shape
         assert (state[key] - initial).abs().max() > 1e-4, key
@@ -263,8 +274,10 @@ def test_dual_cache_tip_f_trains_both_key_sets(dual_f_run, image_folders,
         python_tool('infer.py', str(config), checkpoint, *test_images[:2],
                     '--device', 'cpu', '--out', str(tmp_path / 'infer.json')))
     inferred = json.loads((tmp_path / 'infer.json').read_text())['results']
+    # pred_score is the softmax in float64.
     torch.testing.assert_close(
-        torch.tensor([r['pred_scores'] for r in inferred]), scores[:2],
+        torch.tensor([r['pred_scores'] for r in inferred],
+                     dtype=torch.float64), scores[:2],
         atol=1e-5, rtol=1e-4)
     exported = tmp_path / 'dual.pt'
     export_output = run_tool(
@@ -276,24 +289,27 @@ def test_dual_cache_tip_f_trains_both_key_sets(dual_f_run, image_folders,
 
 
 def test_dual_cache_dist_train_two_processes_matches_one(
-        dual_f_run, tmp_path, monkeypatch):
+        dual_f_run, tmp_path):
     """Both caches, the training and the search are the same on 2 gloo
     processes as on 1."""
     config, one_dir, one_output = dual_f_run
-    monkeypatch.setenv('PORT', free_port())
     two_dir = tmp_path / 'dist'
-    output = run_tool(['bash', 'tools/dist_train.sh', str(config), '2',
-                       '--work-dir', str(two_dir)])
+    output = run_distributed('dist_train.sh', str(config), 2, '--work-dir',
+                             str(two_dir))
     assert 'global_batch_size 4: 2 per process x 2' in output
-    one_views, two_views = views_of(one_dir), views_of(two_dir)
-    for key in ('feats', 'second_feats'):
-        torch.testing.assert_close(two_views[key], one_views[key],
-                                   rtol=1e-5, atol=1e-5)
+    for name in ('support_views', 'val', 'test'):
+        one_feats, two_feats = stored(one_dir, name), stored(two_dir, name)
+        for i in range(2):  # both encoders
+            torch.testing.assert_close(two_feats.feats[i],
+                                       one_feats.feats[i], rtol=1e-5,
+                                       atol=1e-5)
+        assert torch.equal(two_feats.labels, one_feats.labels), name
     one = checkpoint_state(one_dir / 'final_searched.pth')
     two = checkpoint_state(two_dir / 'final_searched.pth')
-    for key in ('head.cache_keys', 'head.second_cache_keys'):
+    for key in ('head.cache.keys', 'head.second_cache.keys'):
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-5)
-    for key in ('head.alpha', 'head.beta', 'head.alpha2', 'head.beta2'):
+    for key in ('head.alpha', 'head.cache.beta', 'head.alpha2',
+                'head.second_cache.beta'):
         assert two[key] == one[key], key
     assert top1(output) == top1(one_output)
 
@@ -322,8 +338,9 @@ def cache_only_config(path: Path, data_root: Path, backbone: str,
         dataset=dict(num_shots=4, dataset=dict(data_root=data_root)))
     val_dataloader = dict(**loader, dataset=dict(data_root=data_root))
     test_dataloader = dict(**loader, dataset=dict(data_root=data_root))
+    few_shot_cfg = dict(augment_epoch=3)
     custom_hooks = [
-        dict(type='BuildCacheHook', augment_epoch=3),
+        dict(type='BuildCacheHook'),
         dict(type='HyperparameterSearchHook'),
     ]
     """) + extra)
@@ -341,7 +358,8 @@ def test_cache_only_test_py_and_scores(image_folders, tiny_resnet,
         python_tool('test.py', str(config), '--work-dir', str(work_dir),
                     '--out', str(out), '--save-model', str(model_path)))
     assert 'Building zero-shot weights' not in output
-    assert 'Cache model: 12 keys of dim 64' in output
+    assert ('CacheOnlyHead fitted on 12 few-shot images x 3 augmented views '
+            '(features of dim 64)') in output
     assert 'Hyperparameter search on val (12 images, 20 points)' in output
     report = search_report(work_dir)
     assert set(report['best']) == {'beta'}
@@ -350,11 +368,9 @@ def test_cache_only_test_py_and_scores(image_folders, tiny_resnet,
     # The reported scores are the SPEC cache term at the searched beta,
     # recomputed here from the saved cache and the test features.
     state = checkpoint_state(model_path)
-    keys, values = state['head.cache_keys'], state['head.cache_values']
-    beta, alpha = float(state['head.beta']), float(state['head.alpha'])
+    keys, values = state['head.cache.keys'], state['head.cache.values']
+    beta, alpha = float(state['head.cache.beta']), float(state['head.alpha'])
     assert beta == report['best']['beta']
-    # Test features are saved only when the search reads the test split.
-    assert not list((work_dir / 'feature_cache').glob('test_*.pth'))
     scores, labels = predictions(out)
     net = ResNet(depth=18, stem_channels=8, base_channels=8)
     net.load_state_dict({k[len('backbone.'):]: v
@@ -372,8 +388,16 @@ def test_cache_only_test_py_and_scores(image_folders, tiny_resnet,
         for i in range(len(dataset))
     ])
     with torch.no_grad():
-        feats = F.normalize(net(images)[-1].mean(dim=(2, 3)), dim=-1)
+        raw = net(images)[-1].mean(dim=(2, 3))
+    feats = F.normalize(raw, dim=-1)
+    # The test loop ran on stored test features: these same raw features.
+    test_feats = stored(work_dir, 'test')
+    torch.testing.assert_close(test_feats.feats[0], raw, atol=1e-4,
+                               rtol=1e-4)
+    # In float64, as pred_score is.
+    feats, keys, values = feats.double(), keys.double(), values.double()
     expected = alpha * torch.exp(-beta * (1 - feats @ keys.t())) @ values
+    assert scores.dtype == torch.float64
     torch.testing.assert_close(
         scores, F.softmax(expected, dim=1), atol=1e-4, rtol=1e-4)
     assert torch.equal(labels, torch.tensor(
@@ -392,8 +416,8 @@ def test_cache_only_tip_f_train_py(image_folders, tiny_resnet, tmp_path):
     assert f'Epoch(train) [{EPOCHS}]' in output
     state = checkpoint_state(work_dir / 'final_searched.pth')
     initial = F.normalize(
-        views_of(work_dir)['feats'].view(3, 12, -1).mean(dim=0), dim=-1)
-    assert (state['head.cache_keys'] - initial).abs().max() > 1e-4
+        views_of(work_dir).feats[0].view(3, 12, -1).mean(dim=0), dim=-1)
+    assert (state['head.cache.keys'] - initial).abs().max() > 1e-4
     assert bool(state['head.is_searched'])
 
 
@@ -433,7 +457,8 @@ def test_user_backbone_through_custom_imports(image_folders, tmp_path):
         python_tool('test.py', str(config), '--work-dir',
                     str(tmp_path / 'work')),
         python_path=str(plugin_dir))
-    assert 'Cache model: 12 keys of dim 16' in output
+    assert ('CacheOnlyHead fitted on 12 few-shot images x 3 augmented views '
+            '(features of dim 16)') in output
     # Mean colour separates the three colour classes.
     assert top1(output) == 100.0
     # Without the module on the path the import error names it.
