@@ -10,6 +10,7 @@ from mmengine.evaluator import DumpResults
 
 from mmengine.dist import get_rank
 
+from tip_adapter_mm.utils import teardown_distributed
 from tip_adapter_mm.utils.cli import (add_common_args, build_runner,
                                       load_config, save_adapted_model)
 
@@ -63,3 +64,6 @@ def main() -> None:
 
 if __name__ == '__main__':
     main()
+    # After a successful run only: a failed rank must not wait for the
+    # others in a barrier.
+    teardown_distributed()

@@ -8,6 +8,7 @@ import argparse
 
 from mmengine.config import Config
 
+from tip_adapter_mm.utils import teardown_distributed
 from tip_adapter_mm.utils.cli import add_common_args, build_runner, load_config
 
 
@@ -61,3 +62,6 @@ def main() -> None:
 
 if __name__ == '__main__':
     main()
+    # After a successful run only: a failed rank must not wait for the
+    # others in a barrier.
+    teardown_distributed()

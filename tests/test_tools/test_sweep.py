@@ -303,8 +303,7 @@ def test_names_come_from_the_config_file_name():
         ('custom/cache_only_f_my_dataset_16shot_resnet50.py',
          ('my_dataset', 'Cache only-F (resnet50)', 'ResNet-50')),
         ('tip_imagenet_16shot_dual_cache_resnet50.py',
-         ('imagenet', 'Tip-Adapter (two caches) (dual_cache_resnet50)',
-          'RN50')),
+         ('imagenet', 'Tip-Adapter (dual_cache_resnet50)', 'RN50')),
         ('tip_imagenet_16shot_mmpretrain_rn50.py',
          ('imagenet', 'Tip-Adapter (mmpretrain_rn50)', 'ModifiedResNet-50')),
     ]:
@@ -315,19 +314,15 @@ def test_names_come_from_the_config_file_name():
                               16, 'ModifiedResNet-50') is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='tools/sweep.py: method_name() appends -F after the dual head\'s '
-    '"Tip-Adapter (two caches)", so base_method() gives "Tip-Adapter" and '
-    'the trained dual-cache row gets the training-free paper figure')
 def test_trained_dual_cache_is_not_given_the_training_free_figure():
     exp = sweep.load_experiment(
         str(CONFIGS / 'tip_f_imagenet_16shot_dual_cache_resnet50.py'), {})
     assert exp.trains
-    assert sweep.base_method(exp.method) != 'Tip-Adapter'
+    assert exp.method == 'Tip-Adapter-F (dual_cache_resnet50)'
+    assert sweep.base_method(exp.method) == 'Tip-Adapter-F'
     assert sweep.paper_figure(exp.dataset, exp.method, 16,
-                              exp.backbone) != sweep.PAPER[('imagenet',
-                                                            'Tip-Adapter',
+                              exp.backbone) == sweep.PAPER[('imagenet',
+                                                            'Tip-Adapter-F',
                                                             16)]
 
 

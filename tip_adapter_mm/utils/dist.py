@@ -36,3 +36,13 @@ def setup_distributed(cfg: Config, launcher: str) -> None:
     wrapper = dict(wrapper)
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
+
+
+def teardown_distributed() -> None:
+    """End a distributed run cleanly: wait for every rank, then destroy the
+    process group. Without it a rank can abort at interpreter exit (gloo's
+    threads are still up: "terminate called without an active exception")
+    after all its work is done."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()

@@ -50,7 +50,9 @@ class DualCacheTipAdapterHead(TipAdapterHead):
         'beta2': ('second_cache.beta', ),
     }
     num_feature_sets = 2
-    method_name = 'Tip-Adapter (two caches)'
+    # Tip-Adapter with another cache: configs name the second encoder in
+    # their variant (e.g. ``tip_imagenet_16shot_dual_cache_resnet50.py``).
+    method_name = 'Tip-Adapter'
 
     def __init__(self,
                  num_classes: int,
