@@ -9,12 +9,14 @@
   for tests of what the feature store saves;
 * :func:`run_tool`, :func:`run_distributed`: the tools as subprocesses.
 """
+import inspect
 import json
 import os
 import os.path as osp
 import socket
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Dict, List
 
@@ -219,20 +221,23 @@ def random_problem(seed: int = 0,
                 zero_shot_weights=weights)
 
 
+def image_fingerprint(image: torch.Tensor) -> str:
+    """The line the counting backbone writes for one preprocessed image."""
+    image = image.double()
+    return f'{float(image.sum()):.3f}:{float((image * image).sum()):.1f}'
+
+
 #: A visual backbone that appends one line per encoded image to a log
-#: (``<sum of pixels>:<sum of squares>`` of its preprocessed tensor), and a
-#: hook that writes markers, so tests can count which images were encoded
-#: when.
+#: (:func:`image_fingerprint` of its preprocessed tensor), and a hook that
+#: writes markers, so tests can count which images were encoded when.
 COUNTING_PLUGIN = '''
+import torch
 from mmengine.hooks import Hook
 from mmpretrain.registry import HOOKS, MODELS
 from tip_adapter_mm.models import OpenCLIPVisualBackbone
 
 
-def image_fingerprint(image):
-    image = image.double()
-    return f'{float(image.sum()):.3f}:{float((image * image).sum()):.1f}'
-
+{fingerprint}
 
 @MODELS.register_module()
 class CountingOpenCLIPVisualBackbone(OpenCLIPVisualBackbone):
@@ -263,7 +268,7 @@ class EncoderCountMarkerHook(Hook):
 
     def after_train(self, runner):
         self._mark('after_train')
-'''
+'''.replace('{fingerprint}', inspect.getsource(image_fingerprint))
 
 
 @pytest.fixture(scope='session')
@@ -273,6 +278,25 @@ def counting_plugin(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp('counting_plugin')
     (root / 'counting_backbone.py').write_text(COUNTING_PLUGIN)
     return root
+
+
+def split_fingerprints(config: Path, split: str) -> Counter:
+    """Fingerprints of the images of ``split`` of a config, computed here
+    without the model: the split's test pipeline, then CLIP's normalisation
+    as the model's data preprocessor applies it."""
+    from mmengine.config import Config
+    from mmengine.dataset import pseudo_collate
+    from mmpretrain.registry import DATASETS, MODELS
+    from tip_adapter_mm.models.classifiers.clip_few_shot import (CLIP_MEAN,
+                                                                 CLIP_STD)
+    cfg = Config.fromfile(str(config), import_custom_modules=False)
+    dataset = DATASETS.build(cfg[f'{split}_dataloader'].dataset)
+    preprocessor = MODELS.build(
+        dict(type='FeatureOrImageDataPreprocessor', mean=CLIP_MEAN,
+             std=CLIP_STD, to_rgb=True))
+    batch = pseudo_collate([dataset[i] for i in range(len(dataset))])
+    images = preprocessor(batch, False)['inputs']
+    return Counter(image_fingerprint(image) for image in images)
 
 
 def read_count_log(path: Path) -> List[str]:

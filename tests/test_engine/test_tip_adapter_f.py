@@ -10,15 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import (python_tool, read_count_log, run_distributed, run_tool,
-                      tiny_config)
+                      split_fingerprints, tiny_config)
 from mmengine.config import Config
-from mmengine.dataset import pseudo_collate
 from mmengine.optim import build_optim_wrapper
 
-from mmpretrain.registry import DATASETS, MODELS, RUNNERS
+from mmpretrain.registry import MODELS, RUNNERS
 from mmpretrain.structures import DataSample
-from tip_adapter_mm.models.classifiers.clip_few_shot import (CLIP_MEAN,
-                                                             CLIP_STD)
 
 EPOCHS = 4
 # The schedule follows train_cfg.max_epochs (no T_max/end of its own).
@@ -331,25 +328,6 @@ def test_training_checks_val_and_test_classes(tiny_clip, image_folders,
 
 
 # -- What the encoders do while training --------------------------------------
-def fingerprint(image: torch.Tensor) -> str:
-    """The counting backbone's line for one preprocessed image (conftest's
-    COUNTING_PLUGIN writes the same)."""
-    image = image.double()
-    return f'{float(image.sum()):.3f}:{float((image * image).sum()):.1f}'
-
-
-def split_fingerprints(config, split: str) -> Counter:
-    """Fingerprints of the images of ``split``, computed here: the split's
-    test pipeline, then CLIP's normalisation as the model's data
-    preprocessor applies it."""
-    cfg = Config.fromfile(str(config), import_custom_modules=False)
-    dataset = DATASETS.build(cfg[f'{split}_dataloader'].dataset)
-    preprocessor = MODELS.build(
-        dict(type='FeatureOrImageDataPreprocessor', mean=CLIP_MEAN,
-             std=CLIP_STD, to_rgb=True))
-    batch = pseudo_collate([dataset[i] for i in range(len(dataset))])
-    images = preprocessor(batch, False)['inputs']
-    return Counter(fingerprint(image) for image in images)
 
 
 def counting_extra(count_file, train_set: str = '') -> str:

@@ -11,16 +11,11 @@ import time
 from collections import Counter
 
 import pytest
-import torch
 from conftest import (CONFIGS, REPO, python_tool, read_count_log, run_tool,
-                      tiny_config)
-from mmengine.config import Config
-from mmengine.dataset import pseudo_collate
+                      split_fingerprints, tiny_config)
 
 import tip_adapter_mm  # noqa: F401
-from mmpretrain.registry import DATASETS, MODELS
-from tip_adapter_mm.models.classifiers.clip_few_shot import (CLIP_MEAN,
-                                                             CLIP_STD)
+from mmpretrain.registry import MODELS
 
 SHOTS = (1, 2)
 SEEDS = (1, 2)
@@ -156,27 +151,6 @@ def test_one_feature_store_for_the_whole_sweep(swept):
                       in logs[(c.stem, k, s)]]
             assert len(encoded) == 1 and len(loaded) == 1, (k, s)
             assert set(encoded + loaded) == {c.stem for c in configs}
-
-
-def fingerprint(image: torch.Tensor) -> str:
-    """The counting backbone's line for one preprocessed image (conftest's
-    COUNTING_PLUGIN writes the same)."""
-    image = image.double()
-    return f'{float(image.sum()):.3f}:{float((image * image).sum()):.1f}'
-
-
-def split_fingerprints(config, split: str) -> Counter:
-    """Fingerprints of the images of ``split``, computed here: the split's
-    test pipeline, then CLIP's normalisation as the model's data
-    preprocessor applies it."""
-    cfg = Config.fromfile(str(config), import_custom_modules=False)
-    dataset = DATASETS.build(cfg[f'{split}_dataloader'].dataset)
-    preprocessor = MODELS.build(
-        dict(type='FeatureOrImageDataPreprocessor', mean=CLIP_MEAN,
-             std=CLIP_STD, to_rgb=True))
-    batch = pseudo_collate([dataset[i] for i in range(len(dataset))])
-    images = preprocessor(batch, False)['inputs']
-    return Counter(fingerprint(image) for image in images)
 
 
 def test_each_image_is_encoded_once_over_the_whole_sweep(swept):

@@ -27,7 +27,8 @@ def test_logits_and_predictions():
     # Nothing to fit or search.
     head.fit((p['support'], ), p['support_labels'])
     assert head.search_stages() == []
-    with pytest.raises(ValueError, match=r'Expected zero_shot_weights \(C, 6\)'):
+    with pytest.raises(ValueError,
+                       match=r'Expected zero_shot_weights \(C, 6\)'):
         head.set_zero_shot_weights(p['zero_shot_weights'][:, :5])
 
 
