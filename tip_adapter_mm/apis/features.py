@@ -21,7 +21,7 @@ import torch
 
 from ..engine.search import SearchResult, grid_search
 from ..evaluation import ranked_labels
-from ..models.heads import FewShotHead, ZeroShotHead
+from ..models.heads import FewShotHead
 from ..structures import check_features, normalized
 
 
@@ -56,11 +56,11 @@ def fit_head(head: FewShotHead,
                            dims=dims)
     device = _device(head)
     if zero_shot_weights is not None:
-        if not isinstance(head, ZeroShotHead):
+        if not head.uses_text:
             raise TypeError(f'{type(head).__name__} has no zero-shot term: '
                             'do not pass zero_shot_weights.')
         head.set_zero_shot_weights(zero_shot_weights.to(device))
-    elif isinstance(head, ZeroShotHead) and not head.has_zero_shot_weights:
+    elif head.uses_text and not head.has_zero_shot_weights:
         raise ValueError(f'{type(head).__name__} needs zero_shot_weights '
                          '(C, N): pass them to fit_head.')
     views = tuple((f if f.dim() == 3 else f[None]).to(device) for f in feats)

@@ -4,7 +4,6 @@ import os.path as osp
 from mmengine.hooks import Hook
 
 from mmpretrain.registry import HOOKS
-from ...structures import normalized
 from ..few_shot_builder import few_shot_builder, unwrap
 from ..search import SearchResult, grid_search, save_search_report
 
@@ -93,7 +92,8 @@ class HyperparameterSearchHook(Hook):
 
     def search(self, runner, force: bool = False):
         """Search and apply; returns the :class:`SearchResult` or None."""
-        head = unwrap(runner.model).head
+        model = unwrap(runner.model)
+        head = model.head
         if not head.search_grid() or (head.searched and not force):
             return None
         if self.split == 'test':
@@ -104,7 +104,8 @@ class HyperparameterSearchHook(Hook):
         data = few_shot_builder(runner, 'HyperparameterSearchHook')\
             .split_features(runner, self.split)
         device = next(iter(head.buffers())).device
-        feats = tuple(f.to(device) for f in normalized(data.feats))
+        feats = model.normalize_features(
+            tuple(f.to(device) for f in data.feats))
         result: SearchResult = grid_search(head, feats,
                                            data.labels.to(device),
                                            self.chunk_size, self.max_elements)

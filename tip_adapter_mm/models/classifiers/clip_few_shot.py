@@ -9,7 +9,7 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from ...datasets.class_names import check_class_names
 from ...structures import Features, check_features, normalized
-from ..heads import FewShotHead, ZeroShotHead
+from ..heads import FewShotHead
 from ..utils import build_zero_shot_weights, check_pretrained, get_templates
 
 #: CLIP's normalisation, on the 0-255 scale of MMPretrain's preprocessor.
@@ -43,11 +43,11 @@ class CLIPFewShotClassifier(ImageClassifier):
 
     The head (a :class:`FewShotHead`) receives a tuple with one
     L2-normalised ``(B, C_e)`` tensor per encoder: ``(f, )``, or ``(f, f2)``
-    with a second encoder. Heads with CLIP's zero-shot term
-    (:class:`ZeroShotHead` and its subclasses) get ``zero_shot_weights``
-    from :meth:`build_zero_shot_weights`, which builds ``text_encoder`` only
-    for the time it takes; the others (:class:`CacheOnlyHead`,
-    :class:`NCMHead`) need no text tower.
+    with a second encoder (raw features if ``head.normalize_inputs`` is
+    False). Heads with CLIP's zero-shot term (``head.uses_text``) get
+    ``zero_shot_weights`` from :meth:`build_zero_shot_weights`, which
+    builds ``text_encoder`` only for the time it takes; the others
+    (:class:`CacheOnlyHead`, :class:`NCMHead`) need no text tower.
 
     Args:
         backbone (dict): Visual encoder.
@@ -234,10 +234,11 @@ class CLIPFewShotClassifier(ImageClassifier):
 
     def normalize_features(self, feats: Features) -> Features:
         """Check raw features from these encoders (one ``(B, C_e)`` tensor
-        per encoder) and L2-normalise them."""
-        return normalized(
-            check_features(feats, self.num_feature_sets,
-                           'CLIPFewShotClassifier(feats=...)'))
+        per encoder) and L2-normalise them, unless the head takes raw
+        features (``head.normalize_inputs`` False)."""
+        feats = check_features(feats, self.num_feature_sets,
+                               'CLIPFewShotClassifier(feats=...)')
+        return normalized(feats) if self.head.normalize_inputs else feats
 
     def forward(self,
                 inputs: Optional[torch.Tensor] = None,
@@ -258,8 +259,8 @@ class CLIPFewShotClassifier(ImageClassifier):
             raise ValueError('CLIPFewShotClassifier.forward takes images '
                              '(inputs=...) or encoded features (feats=...), '
                              'exactly one of them.')
-        feats = (self.extract_feat(inputs) if feats is None else
-                 self.normalize_features(feats))
+        feats = self.normalize_features(
+            self.encode_image(inputs) if feats is None else feats)
         if mode == 'tensor':
             return self.head(feats)
         if mode == 'loss':
@@ -271,7 +272,7 @@ class CLIPFewShotClassifier(ImageClassifier):
     @property
     def needs_zero_shot_weights(self) -> bool:
         """Whether the head has a zero-shot term still without weights."""
-        return (isinstance(self.head, ZeroShotHead)
+        return (self.head.uses_text
                 and not self.head.has_zero_shot_weights)
 
     @torch.no_grad()

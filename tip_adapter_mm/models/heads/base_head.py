@@ -87,6 +87,13 @@ class FewShotHead(ClsHead):
     legacy_names: Dict[str, Tuple[str, ...]] = {}
     #: The method's name in tables (the sweep's rows).
     method_name: str = ''
+    #: Whether the head needs CLIP's text classifier (``zero_shot_weights``,
+    #: built from the model's text encoder). Heads without it run on any
+    #: visual backbone, with or without a text tower.
+    uses_text: bool = False
+    #: Whether :meth:`forward` takes L2-normalised features (True) or the
+    #: encoder's raw features (ProLIP's pre-projection features).
+    normalize_inputs: bool = True
 
     def __init__(self,
                  num_classes: int,
@@ -197,6 +204,14 @@ class FewShotHead(ClsHead):
         """The validation-free values: those the constructor was given (the
         method's published defaults in the configs)."""
         return OrderedDict(self._fixed_hyperparameters)
+
+    def validation_free_hyperparameters(self) -> Dict[str, float]:
+        """The values used when nothing is selected on validation
+        (``few_shot_cfg.protocol='none'``): the method's validation-free
+        recipe. Defaults to :meth:`fixed_hyperparameters`; a head whose
+        recipe depends on the few-shot set (e.g. ``1 / shots``) overrides
+        it and may read what :meth:`fit` kept."""
+        return self.fixed_hyperparameters()
 
     def set_hyperparameters(self, **params: float) -> None:
         """Set hyperparameters by hand. The head counts as not searched, so

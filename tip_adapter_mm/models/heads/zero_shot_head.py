@@ -30,6 +30,7 @@ class ZeroShotHead(FewShotHead):
 
     dynamic_buffers = ('zero_shot_weights', )
     method_name = 'Zero-shot CLIP'
+    uses_text = True
 
     def __init__(self,
                  num_classes: int,
