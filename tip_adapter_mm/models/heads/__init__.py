@@ -4,7 +4,10 @@ from .cache_model import KeyValueCache
 from .cache_only_head import CacheOnlyHead
 from .dual_cache_head import DualCacheTipAdapterHead
 from .gda_head import GDAHead
+from .linear_probe_head import LinearProbeHead
+from .lp_plus_plus_head import LPPlusPlusHead
 from .ncm_head import NCMHead
+from .prolip_head import ProLIPHead
 from .tip_adapter_head import TipAdapterHead, linear_grid
 from .zero_shot_head import ZeroShotHead
 
@@ -12,5 +15,6 @@ __all__ = [
     'FewShotHead', 'SearchStage', 'KeyValueCache', 'ZeroShotHead',
     'TipAdapterHead', 'DualCacheTipAdapterHead', 'CacheOnlyHead', 'GDAHead',
     'APEHead', 'SelectedChannelsCache', 'select_channels', 'NCMHead',
-    'linear_grid'
+    'linear_grid', 'LinearProbeHead', 'LPPlusPlusHead',
+    'ProLIPHead'
 ]
