@@ -6,6 +6,8 @@ from .coop import (CoOpCaltech101, CoOpDTD, CoOpEuroSAT, CoOpFGVCAircraft,
                    CoOpSplitDataset, CoOpStanfordCars, CoOpSUN397, CoOpUCF101)
 from .class_names import check_class_names, read_class_names
 from .imagenet import CLIPImageNet
+from .split_files import (SplitFile, convert_coop_split, load_split_file,
+                          save_split_file)
 from .samplers import ViewCyclingSampler
 
 __all__ = [
@@ -14,5 +16,6 @@ __all__ = [
     'CoOpUCF101', 'CoOpFGVCAircraft', 'AugmentedViewsDataset',
     'CachedViewsDataset', 'StoredFeaturesDataset', 'ViewCyclingSampler',
     'FewShotDataset', 'HoldoutDataset', 'SubsetDataset', 'CLIPImageNet',
-    'read_class_names', 'check_class_names'
+    'read_class_names', 'check_class_names', 'SplitFile', 'save_split_file',
+    'load_split_file', 'convert_coop_split'
 ]

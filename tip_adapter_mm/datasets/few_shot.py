@@ -120,39 +120,85 @@ class SubsetDataset:
 
 @DATASETS.register_module()
 class FewShotDataset(SubsetDataset):
-    """K images per class drawn from ``dataset`` with a seed.
+    """K images per class drawn from ``dataset`` with a seed, or the exact
+    shots listed in a split file.
 
     The draw depends only on ``(seed, num_shots, labels, holdout)``, so every
     rank of a distributed run, and every later run, gets the same shots.
+    ``tip_adapter_mm.datasets.split_files.save_split_file`` (or
+    ``tools/split_file.py export``) writes them to a file that reproduces
+    them elsewhere.
 
     Args:
         dataset (dict | BaseDataset): The full labelled split, e.g. an
             MMPretrain ``ImageNet(split='train')`` with the train pipeline.
-        num_shots (int): K, images per class.
-        seed (int): Seed of the draw.
+        num_shots (int, optional): K, images per class. Required without
+            ``split_file``; with one, None takes the file's K and a number
+            must equal it.
+        seed (int, optional): Seed of the draw (also the seed of the
+            augmented views). Defaults to 1 without ``split_file``; with one,
+            None takes the file's seed and a number must equal it.
         holdout (dict, optional): ``dict(num_per_class=10, seed=0)`` keeps
             the images of :class:`HoldoutDataset` with the same arguments out
             of the draw, so a validation set carved from the same split is
             disjoint from the shots for every ``num_shots`` and ``seed``.
+            With ``split_file``, a listed image in the held-out subset is an
+            error.
+        split_file (str, optional): A split file (``split_files`` format):
+            the shots are exactly its samples, in its order, found in
+            ``dataset`` by their path relative to its image folder. Its
+            class names and every label must be the dataset's.
     """
 
     def __init__(self,
                  dataset: Union[dict, BaseDataset],
-                 num_shots: int,
-                 seed: int = 1,
-                 holdout: Optional[dict] = None) -> None:
+                 num_shots: Optional[int] = None,
+                 seed: Optional[int] = None,
+                 holdout: Optional[dict] = None,
+                 split_file: Optional[str] = None) -> None:
         super().__init__(dataset)
-        if int(num_shots) < 1:
-            raise ValueError(f'num_shots must be >= 1, got {num_shots}.')
-        self.num_shots = int(num_shots)
-        self.seed = int(seed)
         self.holdout = dict(holdout) if holdout else None
+        self.split_file = split_file
         self.labels = dataset_labels(self.dataset)
         exclude = (holdout_indices(self.labels, **self.holdout)
-                   if self.holdout else ())
+                   if self.holdout else np.zeros(0, dtype=np.int64))
+        if split_file is not None:
+            self._read_split_file(split_file, num_shots, seed, exclude)
+            return
+        if num_shots is None or int(num_shots) < 1:
+            raise ValueError(f'num_shots must be >= 1, got {num_shots}.')
+        self.num_shots = int(num_shots)
+        self.seed = 1 if seed is None else int(seed)
+        self.source = None
         self.indices = few_shot_indices(
             self.labels, self.num_shots, self.seed, exclude,
             describe=lambda c: class_name(self.dataset, c))
+
+    def _read_split_file(self, path: str, num_shots: Optional[int],
+                         seed: Optional[int], exclude: np.ndarray) -> None:
+        from .split_files import load_split_file, split_indices
+        split = load_split_file(path)
+        for key, given, stored in (('num_shots', num_shots, split.num_shots),
+                                   ('seed', seed, split.seed)):
+            if given is not None and int(given) != stored:
+                raise ValueError(
+                    f'FewShotDataset: {key}={given} but the split file '
+                    f'{path} holds {key}={stored}. Set {key} to {stored} or '
+                    'to None (taken from the file).')
+        self.num_shots = split.num_shots
+        self.seed = split.seed
+        self.source = split.source  # a re-export reproduces the file
+        indices = split_indices(split, self.dataset, f'Split file {path}')
+        held = indices[np.isin(indices, exclude)]
+        if len(held):
+            info = self.dataset.get_data_info(int(held[0]))
+            raise ValueError(
+                f'Split file {path}: image {info.get("img_path")!r} (and '
+                f'{len(held) - 1} more) is in the held-out validation subset '
+                f'holdout={self.holdout}; shots and validation must be '
+                'disjoint: validate on another split (then set holdout=None '
+                'here).')
+        self.indices = indices
 
 
 @DATASETS.register_module()
