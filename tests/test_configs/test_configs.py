@@ -53,7 +53,8 @@ OTHER_EXPERIMENTS = [
 
 def dataset_of(name: str) -> str:
     """The dataset of an experiment config's file name."""
-    for prefix in ('tip_f_', 'tip_', 'ape_', 'gda_', 'ncm_', 'zero_shot_'):
+    for prefix in ('tip_f_', 'tip_', 'ape_', 'gda_', 'ncm_', 'zero_shot_',
+                   'linear_probe_', 'lp_plus_plus_'):
         if name.startswith(prefix):
             stem = name[len(prefix):]
             break
@@ -257,7 +258,8 @@ def test_other_methods_take_their_dataset_base(name):
     if cfg.model.get('text_encoder') is not None:
         assert cfg.model.templates == base.templates == SPEC[dataset][0]
     else:
-        assert cfg.model.head.type == 'NCMHead'
+        # NCM, the linear probe: heads that read no text.
+        assert not MODELS.get(cfg.model.head.type).uses_text
     if dataset == 'imagenet' and cfg.model.get('text_encoder') is not None:
         assert len(get_templates(cfg.model.templates)) == IMAGENET_TEMPLATES
     assert cfg.get('train_cfg') is None
@@ -298,3 +300,36 @@ def test_mmpretrain_clip_towers_build_and_name_a_missing_checkpoint(name):
     assert not any(p.requires_grad for p in model.backbone.parameters())
     with pytest.raises(FileNotFoundError, match=checkpoint):
         model.init_weights()
+
+
+@pytest.mark.parametrize('dataset', sorted(SPEC))
+def test_linear_probe_and_lp_plus_plus_configs_follow_their_recipes(
+        dataset):
+    """Linear probe: CLIP's (L-BFGS, 1000 iterations, C on a log grid), no
+    text tower. LP++: the official code's (300 epochs, blending step every
+    10, momentum 0.9, initial blending 250 x the mean text similarity)."""
+    probe = Config.fromfile(
+        str(CONFIGS / f'linear_probe_{dataset}_16shot.py'))
+    head = probe.model.head
+    assert head.type == 'LinearProbeHead'
+    assert head.num_classes == SPEC[dataset][1]
+    assert probe.model.text_encoder is None
+    assert head.C == 0.316 and head.max_iter == 1000
+    assert head.c_grid == pytest.approx(
+        [10**(k / 2) for k in range(-6, 7)], rel=1e-12)
+    lpp = Config.fromfile(str(CONFIGS / f'lp_plus_plus_{dataset}_16shot.py'))
+    head = lpp.model.head
+    assert head.type == 'LPPlusPlusHead'
+    assert head.num_classes == SPEC[dataset][1]
+    assert lpp.model.templates == SPEC[dataset][0]
+    assert (lpp.model.text_encoder.model_name,
+            lpp.model.text_encoder.pretrained) == ('RN50', 'openai')
+    assert (head.epochs, head.alpha_update_interval, head.momentum,
+            head.init_alpha_scale, head.accumulate_alpha_grad) == (
+                300, 10, 0.9, 250.0, True)
+    assert 300 % head.snapshot_interval == 0
+    for cfg in (probe, lpp):
+        assert cfg.model.backbone.model_name == 'RN50'
+        assert cfg.get('train_cfg') is None  # fitted, nothing trained
+        assert cfg.custom_hooks[0] == dict(type='BuildCacheHook')
+        assert cfg.custom_hooks[1].type == 'HyperparameterSearchHook'

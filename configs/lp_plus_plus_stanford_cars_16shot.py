@@ -1,0 +1,11 @@
+# LP++ (LPPlusPlusHead, epoch chosen on validation), CLIP RN50, StanfordCars,
+# 16 shots, seed 1.
+_base_ = [
+    './_base_/models/lp_plus_plus_rn50.py',
+    './_base_/datasets/stanford_cars_fewshot.py',
+    './_base_/schedules/tip_adapter.py',
+    './_base_/default_runtime.py',
+]
+model = dict(
+    templates={{_base_.templates}},
+    head=dict(num_classes={{_base_.num_classes}}))
