@@ -10,8 +10,4 @@ val_dataloader = dict(
         data_root={{_base_.data_root}},
         split='val',
         pipeline={{_base_.test_pipeline}}))
-custom_hooks = [
-    dict(type='BuildCacheHook'),
-    dict(type='HyperparameterSearchHook', split='test'),
-    dict(type='ValidateAfterResumeHook'),
-]
+few_shot_cfg = dict(protocol='reference_test')  # allows the above; warns

@@ -240,7 +240,9 @@ def test_config_follows_its_dataset_base_and_the_published_table(name):
     else:
         assert cfg.get('train_cfg') is None
     reference = 'reference_protocol' in name
-    assert (cfg.custom_hooks[1].split == 'test') is reference
+    assert cfg.custom_hooks[1] == dict(type='HyperparameterSearchHook')
+    assert (cfg.few_shot_cfg.protocol == 'reference_test') is reference
+    assert reference or cfg.few_shot_cfg.protocol == 'val'
     # Validation never reads the test split, except in the named option.
     assert (cfg.val_dataloader.dataset == cfg.test_dataloader.dataset) is \
         reference

@@ -2,8 +2,9 @@
 import copy
 import os.path as osp
 from contextlib import nullcontext
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from mmengine.dist import barrier, broadcast_object_list, get_dist_info
 from mmengine.model import is_model_wrapper
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from mmpretrain.registry import DATASETS
 from ..datasets.class_names import check_class_names
+from ..datasets.few_shot import holdout_indices
 from ..datasets.stored_features import StoredFeaturesDataset
 from ..structures import EncodedFeatures
 from .feature_extraction import dataset_fingerprint, extract_features
@@ -22,6 +24,18 @@ ENCODER_KEYS = ('backbone', 'neck', 'second_backbone', 'second_neck',
 
 #: Names of the support-set entries in the feature store.
 SUPPORT_VIEWS = 'support_views'
+
+#: What selects hyperparameters and the epoch (``few_shot_cfg.protocol``):
+#: protocol -> (split it reads, images per class of that split or None for
+#: all of them, as a function of the shots K).
+PROTOCOLS: Dict[str, Tuple[Optional[str], Optional[Callable[[int], int]]]] = {
+    'val': ('val', None),  # the whole val split
+    'fewshot_val': ('val', lambda k: min(k, 4)),  # CoOp / Dassl
+    'kshot_val': ('val', lambda k: k),  # LP++, ProLIP
+    'none': (None, None),  # validation-free recipes, last epoch
+    # NOT A VALID PROTOCOL: the public reference code's search on test.
+    'reference_test': ('test', None),
+}
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -101,27 +115,73 @@ class FewShotBuilder:
             ``<work_dir>/feature_cache``; a sweep points all its runs at one.
         seed (int, optional): Seed of the augmentations; default the
             few-shot dataset's ``seed``.
+        protocol (str): What selects hyperparameters and the best epoch
+            (docs/protocol.md): ``'val'`` the whole val split;
+            ``'fewshot_val'`` min(K, 4) images per class of it;
+            ``'kshot_val'`` K per class of it (K = the shots; drawn with the
+            few-shot seed, disjoint from the shots); ``'none'`` nothing:
+            each head's validation-free hyperparameters
+            (``validation_free_hyperparameters()``) and the last epoch;
+            ``'reference_test'`` the TEST split, as the public reference
+            code does (optimistically biased; logged as such). No other
+            protocol ever reads the test split for a choice.
     """
 
     def __init__(self,
                  augment_epoch: int = 10,
                  feature_dir: Optional[str] = None,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None,
+                 protocol: str = 'val') -> None:
         if int(augment_epoch) < 1:
             raise ValueError(f'few_shot_cfg.augment_epoch must be >= 1, got '
                              f'{augment_epoch}.')
+        if protocol not in PROTOCOLS:
+            raise ValueError(f'few_shot_cfg.protocol must be one of '
+                             f'{list(PROTOCOLS)}, got {protocol!r}.')
         self.augment_epoch = int(augment_epoch)
         self.feature_dir = feature_dir
         self.seed = seed
+        self.protocol = protocol
+        #: Image paths of the few-shot set, once :meth:`build_cache` read it.
+        self._shot_paths: Optional[frozenset] = None
         #: Class names of the few-shot set the head was fitted on, once
         #: :meth:`build_cache` has read it.
         self.classes: Optional[Tuple[str, ...]] = None
         #: The feature-store file of the support views, once encoded or
         #: loaded (Tip-Adapter-F's fast path trains on it).
         self.support_views_path: Optional[str] = None
+        #: Images of the few-shot set whose views are stored, once known.
+        self.num_support_images: int = 0
         self._features: Dict[str, EncodedFeatures] = {}
         self._datasets: Dict[str, StoredFeaturesDataset] = {}
+        self._num_shots: Optional[int] = None
         self._split_classes: Dict[str, Any] = {}
+
+    # -- the protocol --------------------------------------------------------
+    @property
+    def selection_split(self) -> Optional[str]:
+        """The split whose features select hyperparameters and the epoch
+        (``'val'``, ``'test'`` for ``'reference_test'``), None for
+        ``'none'``."""
+        return PROTOCOLS[self.protocol][0]
+
+    @property
+    def selects(self) -> bool:
+        """Whether anything is selected on held-out data."""
+        return self.selection_split is not None
+
+    def check_config(self, cfg) -> None:
+        """Fail early when validation would read the test split without the
+        ``'reference_test'`` protocol."""
+        val, test = cfg.get('val_dataloader'), cfg.get('test_dataloader')
+        if (self.protocol != 'reference_test' and val and test
+                and val.get('dataset') == test.get('dataset')):
+            raise ValueError(
+                'val_dataloader.dataset is the test split '
+                '(test_dataloader.dataset): choosing hyperparameters or '
+                'epochs on it is not a valid protocol. Give a validation '
+                "split, or set few_shot_cfg.protocol='reference_test' to "
+                'reproduce the reference code on purpose.')
 
     def store(self, runner) -> FeatureStore:
         return FeatureStore(self.feature_dir
@@ -140,8 +200,12 @@ class FewShotBuilder:
         loader_cfg = self._loader_cfg(runner, 'fewshot')
         fewshot = DATASETS.build(loader_cfg['dataset'])
         self.classes = tuple(fewshot.metainfo.get('classes') or ())
+        self._num_shots = getattr(fewshot, 'num_shots', None)
+        self._shot_paths = frozenset(_image_paths(fewshot) or ())
         for split, classes in self._split_classes.items():
             self._check_classes(classes, split)
+        for split, dataset in self._datasets.items():
+            self._check_disjoint(split, dataset.img_paths)
         if model.needs_zero_shot_weights:
             runner.logger.info('Building zero-shot weights for '
                                f'{len(self.classes)} classes.')
@@ -191,6 +255,7 @@ class FewShotBuilder:
         features, path = self._load_or_encode(runner, SUPPORT_VIEWS,
                                               description, loader, what)
         self.support_views_path = path
+        self.num_support_images = len(features.labels) // self.augment_epoch
         return features
 
     def split_features(self,
@@ -226,10 +291,84 @@ class FewShotBuilder:
         features, _ = self._load_or_encode(runner, split, description,
                                            lambda: dataloader,
                                            f'{len(dataset)} {split} images')
+        paths = _image_paths(dataset)
+        per_class = PROTOCOLS[self.protocol][1]
+        if split == 'val' and per_class is not None:
+            num_shots = self.num_shots(runner)
+            indices = self._per_class_subset(features.labels,
+                                             per_class(num_shots), runner)
+            runner.logger.info(
+                f'few_shot_cfg.protocol={self.protocol!r}: selecting on '
+                f'{len(indices)} of the {len(dataset)} val images '
+                f'({per_class(num_shots)} per class, K={num_shots}).')
+            index = torch.as_tensor(indices)
+            features = EncodedFeatures(
+                feats=tuple(f[index] for f in features.feats),
+                labels=features.labels[index])
+            paths = [paths[i] for i in indices] if paths else None
+        self._check_disjoint(split, paths)
         self._features[split] = features
-        self._datasets[split] = StoredFeaturesDataset(
-            features, dataset.metainfo, _image_paths(dataset))
+        self._datasets[split] = StoredFeaturesDataset(features,
+                                                      dataset.metainfo, paths)
         return features
+
+    def num_shots(self, runner) -> int:
+        """K, the shots per class of the few-shot set."""
+        if getattr(self, '_num_shots', None) is None:
+            cfg = (runner.cfg.get('fewshot_dataloader') or {}).get(
+                'dataset') or {}
+            num_shots = cfg.get('num_shots')
+            if num_shots is None:  # e.g. taken from a split file
+                num_shots = getattr(
+                    DATASETS.build(self._loader_cfg(runner,
+                                                    'fewshot')['dataset']),
+                    'num_shots', None)
+            if num_shots is None:
+                raise KeyError(
+                    f'few_shot_cfg.protocol={self.protocol!r} draws the '
+                    'validation subset from the shots K, but the few-shot '
+                    'set (fewshot_dataloader.dataset) has no num_shots.')
+            self._num_shots = int(num_shots)
+        return int(self._num_shots)
+
+    def _per_class_subset(self, labels: torch.Tensor, per_class: int,
+                          runner) -> List[int]:
+        """``per_class`` seeded indices of each class of the val split
+        (the few-shot seed, so that each (dataset, K, seed) has its own),
+        sorted; an error names a class with fewer images."""
+        labels = labels.cpu().numpy().astype(np.int64)
+        fewshot = (runner.cfg.get('fewshot_dataloader') or {}).get(
+            'dataset') or {}
+        seed = int(fewshot.get('seed', runner.seed or 0))
+        counts = np.bincount(labels, minlength=len(self.classes or ()))
+        short = np.flatnonzero(counts < per_class)
+        if len(short):
+            names = self.classes or ()
+            first = int(short[0])
+            name = (f' ({names[first]!r})' if first < len(names) else '')
+            raise ValueError(
+                f'few_shot_cfg.protocol={self.protocol!r} needs {per_class} '
+                f'val images per class, but class {first}{name} of '
+                f'val_dataloader.dataset has {int(counts[first])}'
+                + (f' ({len(short)} classes are short)'
+                   if len(short) > 1 else '')
+                + ". Use protocol='val' (the whole split) or a larger "
+                'validation split.')
+        return sorted(
+            int(i) for i in holdout_indices(labels, per_class, seed))
+
+    def _check_disjoint(self, split: str, paths: Optional[list]) -> None:
+        """Validation images must not be few-shot images."""
+        if split != 'val' or not paths or not self._shot_paths:
+            return
+        shared = self._shot_paths.intersection(paths)
+        if shared:
+            raise ValueError(
+                f'{len(shared)} images of the val split are also few-shot '
+                f'(training) images, e.g. {sorted(shared)[0]}: validation '
+                'must be disjoint from the shots. For a split carved from '
+                'train, give FewShotDataset the same `holdout` as the '
+                'HoldoutDataset of val_dataloader.')
 
     def features_dataloader(self, runner, split: str,
                             dataloader: DataLoader) -> DataLoader:
@@ -274,15 +413,21 @@ class FewShotBuilder:
         return features, path
 
     # -- configs and checks --------------------------------------------------
-    @staticmethod
-    def _loader_cfg(runner, split: str) -> dict:
+    def _protocol_hint(self, split: str) -> str:
+        if split != self.selection_split:
+            return ''
+        return (f" few_shot_cfg.protocol={self.protocol!r} selects "
+                f"hyperparameters on it; protocol='none' selects nothing "
+                '(validation-free recipes).')
+
+    def _loader_cfg(self, runner, split: str) -> dict:
         cfg = runner.cfg.get(f'{split}_dataloader')
         if not cfg:
             where = ('the few-shot train loader that the cache is built '
                      'from (see configs/_base_/datasets/)' if split
                      == 'fewshot' else f'the {split} split')
             raise KeyError(f'The config has no `{split}_dataloader`: add '
-                           f'{where}.')
+                           f'{where}.' + self._protocol_hint(split))
         return copy.deepcopy(dict(cfg))
 
     def _check_classes(self, classes: Any, split: str) -> None:

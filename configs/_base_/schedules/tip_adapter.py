@@ -9,6 +9,12 @@ few_shot_cfg = dict(
     augment_epoch=10,  # augmented views of each few-shot image
     feature_dir=None,  # default <work_dir>/feature_cache
     seed=None,  # of the augmentations; default the few-shot dataset's seed
+    # What selects hyperparameters and the best epoch (docs/protocol.md):
+    # 'val' (the whole val split), 'fewshot_val' (min(K, 4) per class of
+    # it), 'kshot_val' (K per class), 'none' (each method's validation-free
+    # values, last epoch). The test split is never used to choose, unless
+    # 'reference_test' (the public reference code's protocol) is named.
+    protocol='val',
 )
 
 # Validation and test run on the stored features of their split: each image
@@ -18,9 +24,8 @@ test_cfg = dict(type='StoredFeaturesTestLoop')
 
 custom_hooks = [
     dict(type='BuildCacheHook'),
-    # split='test' reproduces the reference code's search on test images
-    # (not a valid protocol; it logs a warning).
-    dict(type='HyperparameterSearchHook', split='val'),
+    # Searches on the split of few_shot_cfg.protocol.
+    dict(type='HyperparameterSearchHook'),
 ]
 
 # Nothing has a gradient, so DDP has nothing to synchronise: this wrapper

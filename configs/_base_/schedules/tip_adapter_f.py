@@ -32,7 +32,7 @@ custom_hooks = [
     # After training: load the best epoch on validation, search (beta,
     # alpha) on val with the fine-tuned keys, save
     # <work_dir>/final_searched.pth.
-    dict(type='HyperparameterSearchHook', split='val'),
+    dict(type='HyperparameterSearchHook'),
     # --resume after a kill: validate the resumed epoch (see the hook).
     dict(type='ValidateAfterResumeHook'),
 ]

@@ -24,6 +24,8 @@ class FewShotRunner(Runner):
        before the optimizer exists, so that Tip-Adapter-F's learnable keys
        have their final shape when DDP and the optimizer register them, and
        the encoders do no work while training and validating.
+       ``few_shot_cfg.protocol`` says what selects hyperparameters and the
+       epoch (:class:`FewShotBuilder`); the config is checked for it first.
     3. ``val()`` and ``test()`` initialise the model (the weights of
        ``init_cfg``, e.g. MMPretrain backbones) before anything is encoded
        or a checkpoint is loaded; MMEngine's Runner initialises only in
@@ -36,6 +38,7 @@ class FewShotRunner(Runner):
         bound = inspect.signature(Runner.__init__).bind(self, *args, **kwargs)
         cfg = bound.arguments.get('cfg') or {}
         self.few_shot = FewShotBuilder(**dict(cfg.get('few_shot_cfg') or {}))
+        self.few_shot.check_config(cfg)
         self._trains = bound.arguments.get('train_cfg') is not None
         super().__init__(*args, **kwargs)
 
@@ -44,7 +47,8 @@ class FewShotRunner(Runner):
         if self._trains and hasattr(model, 'head'):
             self.model = model.to(get_device())
             self.few_shot.build_cache(self)
-            if self.cfg.get('val_dataloader') and self.cfg.get('val_cfg'):
+            if (self.few_shot.selects and self.cfg.get('val_dataloader')
+                    and self.cfg.get('val_cfg')):
                 self.few_shot.split_features(self, 'val')
         return super().wrap_model(model_wrapper_cfg, model)
 

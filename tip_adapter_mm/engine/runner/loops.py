@@ -55,7 +55,10 @@ class FewShotTrainLoop(EpochBasedTrainLoop):
 
     * ``global_batch_size`` is the batch summed over processes: each of
       ``world_size`` processes loads ``global_batch_size // world_size``,
-      so 1 and 8 GPUs run the same recipe.
+      so 1 and 8 GPUs run the same recipe. ``'all'``: full batch, one
+      iteration per epoch over the stored views (ProLIP's recipe).
+    * With ``few_shot_cfg.protocol='none'`` nothing is validated while
+      training and the last epoch is the result.
     * A ``CachedViewsDataset`` train set without ``views_file`` is given the
       support views the head was fitted on (``runner.few_shot``): the fast
       path, where the encoders do no work while training.
@@ -65,7 +68,7 @@ class FewShotTrainLoop(EpochBasedTrainLoop):
     Args:
         runner, dataloader, max_epochs, val_begin, val_interval,
             dynamic_intervals: As ``EpochBasedTrainLoop``.
-        global_batch_size (int, optional): None keeps the loader's
+        global_batch_size (int | 'all', optional): None keeps the loader's
             ``batch_size`` per process.
     """
 
@@ -76,12 +79,37 @@ class FewShotTrainLoop(EpochBasedTrainLoop):
                  val_begin: int = 1,
                  val_interval: int = 1,
                  dynamic_intervals: Optional[Sequence] = None,
-                 global_batch_size: Optional[int] = None) -> None:
+                 global_batch_size: Union[int, str, None] = None) -> None:
         if isinstance(dataloader, dict):
             dataloader = self.prepare_dataloader(runner, dataloader,
                                                  global_batch_size)
         super().__init__(runner, dataloader, max_epochs, val_begin,
                          val_interval, dynamic_intervals)
+        builder = few_shot_builder(runner, 'FewShotTrainLoop')
+        if not builder.selects:
+            self.val_begin = self.max_epochs + 1  # never validate
+            runner.logger.info(
+                "few_shot_cfg.protocol='none': no validation while training; "
+                'the last epoch is the result.')
+
+    @staticmethod
+    def full_batch(cfg: dict, num_views: int, num_images: int) -> int:
+        """Samples of one epoch of the train loader ``cfg`` over ``num_views``
+        stored views of ``num_images`` images, rounded up to a multiple of
+        the processes: ``global_batch_size='all'``."""
+        dataset = cfg.get('dataset')
+        kind = (dataset.get('type')
+                if isinstance(dataset, dict) else type(dataset).__name__)
+        if kind != 'CachedViewsDataset':
+            raise ValueError(
+                "train_cfg.global_batch_size='all' (full batch) needs the "
+                'stored views as train set (CachedViewsDataset), got '
+                f'{kind!r}.')
+        sampler = (cfg.get('sampler') or {}).get('type')
+        total = num_images * (1 if sampler == 'ViewCyclingSampler' else
+                              num_views)
+        world_size = get_world_size()
+        return -(-total // world_size) * world_size
 
     @staticmethod
     def prepare_dataloader(runner, cfg: dict,
@@ -89,6 +117,28 @@ class FewShotTrainLoop(EpochBasedTrainLoop):
         """The train loader config with the per-process batch and the
         support views filled in."""
         cfg = copy.deepcopy(dict(cfg))
+        dataset = cfg.get('dataset')
+        builder = few_shot_builder(runner, 'FewShotTrainLoop')
+        if isinstance(dataset, dict) and dataset.get(
+                'type') == 'CachedViewsDataset' and dataset.get(
+                    'views_file') is None:
+            builder.build_cache(runner)
+            if builder.support_views_path is None:
+                raise RuntimeError(
+                    'The head was fitted before this run (a checkpoint?), '
+                    'so there are no support views to train on: set '
+                    'train_dataloader.dataset.views_file.')
+            dataset.update(views_file=builder.support_views_path,
+                           num_views=builder.augment_epoch,
+                           classes=list(builder.classes or ()))
+        if global_batch_size == 'all':
+            global_batch_size = FewShotTrainLoop.full_batch(
+                cfg, builder.augment_epoch, builder.num_support_images)
+        elif global_batch_size is not None and not isinstance(
+                global_batch_size, int):
+            raise ValueError(
+                "train_cfg.global_batch_size must be an int or 'all', got "
+                f'{global_batch_size!r}.')
         if global_batch_size is not None:
             world_size = get_world_size()
             if global_batch_size % world_size:
@@ -99,21 +149,8 @@ class FewShotTrainLoop(EpochBasedTrainLoop):
             runner.logger.info(
                 f'global_batch_size {global_batch_size}: '
                 f'{cfg["batch_size"]} per process x {world_size}.')
-        dataset = cfg.get('dataset')
         if not isinstance(dataset, dict):
             return cfg
-        builder = few_shot_builder(runner, 'FewShotTrainLoop')
-        if dataset.get('type') == 'CachedViewsDataset' and dataset.get(
-                'views_file') is None:
-            builder.build_cache(runner)
-            if builder.support_views_path is None:
-                raise RuntimeError(
-                    'The head was fitted before this run (a checkpoint?), '
-                    'so there are no support views to train on: set '
-                    'train_dataloader.dataset.views_file.')
-            dataset.update(views_file=builder.support_views_path,
-                           num_views=builder.augment_epoch,
-                           classes=list(builder.classes or ()))
         fewshot = (runner.cfg.get('fewshot_dataloader') or {}).get('dataset')
         if fewshot and dataset.get('type') == fewshot.get('type'):
             differ = [
