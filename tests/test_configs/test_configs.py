@@ -16,7 +16,7 @@ from mmpretrain.registry import (DATA_SAMPLERS, DATASETS, HOOKS, LOOPS,
                                  PARAM_SCHEDULERS, RUNNERS)
 from tip_adapter_mm.engine import FewShotRunner
 from tip_adapter_mm.models.classifiers import CLIPFewShotClassifier
-from tip_adapter_mm.models.heads import FewShotHead, ZeroShotHead
+from tip_adapter_mm.models.heads import FewShotHead
 from tip_adapter_mm.models.utils import get_templates
 
 # Tip-Adapter's published settings (paper and reference configs, CLIP
@@ -54,7 +54,7 @@ OTHER_EXPERIMENTS = [
 def dataset_of(name: str) -> str:
     """The dataset of an experiment config's file name."""
     for prefix in ('tip_f_', 'tip_', 'ape_', 'gda_', 'ncm_', 'zero_shot_',
-                   'linear_probe_', 'lp_plus_plus_'):
+                   'linear_probe_', 'lp_plus_plus_', 'proker_'):
         if name.startswith(prefix):
             stem = name[len(prefix):]
             break
@@ -122,7 +122,9 @@ def test_config_builds_from_the_registries(name):
     assert isinstance(model.head, FewShotHead)
     assert type(model.head).__name__ == cfg.model.head.type
     assert type(model.backbone).__name__ == cfg.model.backbone.type
-    if isinstance(model.head, ZeroShotHead):
+    # Heads with a zero-shot term (uses_text) need the text tower; heads
+    # without one (also GDA / ProKeR without it) run on any backbone.
+    if model.head.uses_text:
         assert MODELS.get(cfg.model.text_encoder.type) is not None
     assert model.num_feature_sets == (
         2 if cfg.model.get('second_backbone') else 1)

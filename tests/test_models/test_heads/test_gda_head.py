@@ -1,11 +1,15 @@
 """GDAHead against an independent NumPy computation."""
+import re
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, random_problem
+from conftest import CONFIGS, python_tool, random_problem, run_tool, \
+    tiny_config
 from mmengine.config import Config
 
+from mmpretrain.registry import MODELS
 from tip_adapter_mm.engine import grid_search
 from tip_adapter_mm.models import GDAHead
 
@@ -194,3 +198,49 @@ def test_counts_refuse_a_bare_tensor():
     with pytest.raises(ValueError, match='set model.second_backbone'):
         DualCacheTipAdapterHead(num_classes=7).count_correct(
             (feats, ), p['val_labels'], {})
+
+
+def test_without_the_zero_shot_term_logits_are_the_gda_scores():
+    feats, labels, p = random_views(seed=9, num_test=7)
+    head = GDAHead(num_classes=4, alpha=0.37, zero_shot_term=False)
+    assert not head.uses_text and GDAHead(num_classes=4).uses_text
+    # No zero-shot weights are needed, neither to fit nor to predict.
+    head.fit((torch.from_numpy(feats).float(), ), torch.from_numpy(labels))
+    assert not head.has_zero_shot_weights
+    weights, bias = numpy_gda(feats, labels, 4)
+    f = F.normalize(p['test'], dim=-1)
+    np.testing.assert_allclose(head((f, )).double().numpy(),
+                               f.double().numpy() @ weights + bias,
+                               rtol=1e-4, atol=1e-4)
+    # alpha would only scale the logits: nothing to search.
+    assert head.search_grid() == {}
+    assert head.search_stages() == []
+    with pytest.raises(RuntimeError, match='nothing to search'):
+        head.count_correct((f, ), p['test_labels'], {})
+    fresh = GDAHead(num_classes=4, zero_shot_term=False)
+    fresh.load_state_dict(head.state_dict())
+    assert torch.equal(fresh((f, )), head((f, )))
+
+
+def test_text_free_gda_runs_through_the_classifier_without_text_encoder(
+        tiny_clip, image_folders, tmp_path):
+    config = tiny_config(
+        tmp_path / 'gda_text_free.py', tiny_clip, image_folders,
+        extra="model['text_encoder'] = None\n"
+        "model['head'] = dict(_delete_=True, type='GDAHead', num_classes=3, "
+        "zero_shot_term=False, topk=(1, ))\n")
+    cfg = Config.fromfile(str(config))
+    assert cfg.model.text_encoder is None
+    assert MODELS.build(cfg.model).needs_zero_shot_weights is False
+    # With the zero-shot term, the same model needs a text tower.
+    cfg.model.head.zero_shot_term = True
+    assert MODELS.build(cfg.model).needs_zero_shot_weights is True
+    output = run_tool(
+        python_tool('test.py', str(config), '--work-dir',
+                    str(tmp_path / 'work')))
+    assert 'zero-shot weights' not in output
+    assert 'GDAHead fitted on 12 few-shot images x 3 augmented views' \
+        in output
+    assert 'Hyperparameter search' not in output
+    top1 = re.findall(r'accuracy/top1: ([0-9.]+)', output)
+    assert top1 and 0.0 <= float(top1[-1]) <= 100.0

@@ -8,6 +8,7 @@ from .linear_probe_head import LinearProbeHead
 from .lp_plus_plus_head import LPPlusPlusHead
 from .ncm_head import NCMHead
 from .prolip_head import ProLIPHead
+from .proker_head import ProKeRHead
 from .tip_adapter_head import TipAdapterHead, linear_grid
 from .zero_shot_head import ZeroShotHead
 
@@ -16,5 +17,5 @@ __all__ = [
     'TipAdapterHead', 'DualCacheTipAdapterHead', 'CacheOnlyHead', 'GDAHead',
     'APEHead', 'SelectedChannelsCache', 'select_channels', 'NCMHead',
     'linear_grid', 'LinearProbeHead', 'LPPlusPlusHead',
-    'ProLIPHead'
+    'ProLIPHead', 'ProKeRHead'
 ]

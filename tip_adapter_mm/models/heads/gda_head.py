@@ -29,10 +29,18 @@ class GDAHead(ZeroShotHead):
     class frequencies. ``alpha`` is searched on validation over
     ``alpha_grid``.
 
+    With ``zero_shot_term=False`` the logits are the GDA scores alone,
+    ``f @ gda_weights + gda_bias``: no zero-shot weights, hence no text
+    tower (``uses_text`` is False for the head), so GDA runs on any visual
+    backbone; ``alpha`` would only scale the logits, so nothing is
+    searched.
+
     Args:
         num_classes (int): N.
         alpha (float): Weight of the GDA logits: the fixed value.
         alpha_grid (sequence of float): Values searched for ``alpha``.
+        zero_shot_term (bool): Add CLIP's zero-shot logits (True) or use
+            the GDA scores alone (False).
         clip_logit_scale, loss, topk, init_cfg: As :class:`ZeroShotHead`.
     """
 
@@ -47,6 +55,7 @@ class GDAHead(ZeroShotHead):
                  alpha: float = 1.0,
                  alpha_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 0.1, 1.0,
                                                 10.0, 100.0),
+                 zero_shot_term: bool = True,
                  clip_logit_scale: float = 100.0,
                  loss: dict = dict(type='CrossEntropyLoss', loss_weight=1.0),
                  topk: Union[int, Tuple[int]] = (1, ),
@@ -59,6 +68,10 @@ class GDAHead(ZeroShotHead):
             init_cfg=init_cfg)
         self.register_hyperparameter('alpha', alpha)
         self.alpha_grid = tuple(float(a) for a in alpha_grid)
+        self.zero_shot_term = bool(zero_shot_term)
+        # Without the zero-shot term the classifier builds no zero-shot
+        # weights (and needs no text encoder) for this head.
+        self.uses_text = self.zero_shot_term
         self.register_buffer('gda_weights', torch.zeros(0, self.num_classes))
         self.register_buffer('gda_bias', torch.zeros(0))
 
@@ -106,9 +119,15 @@ class GDAHead(ZeroShotHead):
 
     def forward(self, feats: Features) -> torch.Tensor:
         f = self.pre_logits(feats)
+        if not self.zero_shot_term:
+            return self.gda_logits(f)
         return self.clip_logits(f) + self.alpha * self.gda_logits(f)
 
     def search_grid(self) -> 'OrderedDict[str, torch.Tensor]':
+        """``alpha_grid``; empty without the zero-shot term (alpha would
+        only scale the logits)."""
+        if not self.zero_shot_term:
+            return OrderedDict()
         return OrderedDict(
             alpha=torch.tensor(self.alpha_grid, dtype=torch.float64))
 
@@ -117,6 +136,9 @@ class GDAHead(ZeroShotHead):
                       params: Dict[str, float],
                       max_elements: int = 2**26) -> torch.Tensor:
         f, = self.check_feats(feats)
+        if not self.zero_shot_term:
+            raise RuntimeError('GDAHead(zero_shot_term=False) has nothing '
+                               'to search: its logits are the GDA scores.')
         alphas = self.search_grid()['alpha'].to(f.device, torch.float32)
         clip_logits = self.clip_logits(f)  # (M, N)
         gda_logits = self.gda_logits(f)  # (M, N)

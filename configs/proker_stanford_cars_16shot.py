@@ -1,0 +1,23 @@
+# ProKeR (training-free: kernel ridge regression on the residual of
+# zero-shot CLIP), CLIP RN50, Stanford Cars, 16 shots, seed 1. beta and lmbda
+# are searched on validation over the official code's grid for this dataset
+# (github.com/ybendou/ProKeR, configs/RN50/configs_proker/stanford_cars.yaml:
+# linspace(start, end, steps) of each). The fixed values are its
+# validation-free 16-shot ones (RN50, transferred from ImageNet).
+_base_ = [
+    './_base_/models/tip_adapter_rn50.py',
+    './_base_/datasets/stanford_cars_fewshot.py',
+    './_base_/schedules/tip_adapter.py',
+    './_base_/default_runtime.py',
+]
+model = dict(
+    templates={{_base_.templates}},
+    head=dict(
+        _delete_=True,
+        type='ProKeRHead',
+        num_classes={{_base_.num_classes}},
+        beta=1.7,
+        lmbda=0.1,
+        beta_range=(0.1, 10.0, 5),
+        lmbda_range=(0.01, 1.0, 5),
+        topk=(1, 5)))
