@@ -49,12 +49,17 @@ TIP_EXPERIMENTS = [name for name in EXPERIMENTS if name.startswith('tip_')]
 OTHER_EXPERIMENTS = [
     name for name in EXPERIMENTS if not name.startswith('tip_')
 ]
+#: Experiment prefixes of the other methods that train (a train_cfg).
+TRAINED_PREFIXES = ('prolip_', )
+#: few_shot_cfg.augment_epoch of recipes that store another number of
+#: views than Tip-Adapter's 10 (ProLIP: 300, one per epoch).
+AUGMENT_EPOCH = {'prolip_': 300}
 
 
 def dataset_of(name: str) -> str:
     """The dataset of an experiment config's file name."""
     for prefix in ('tip_f_', 'tip_', 'ape_', 'gda_', 'ncm_', 'zero_shot_',
-                   'linear_probe_', 'lp_plus_plus_', 'proker_'):
+                   'linear_probe_', 'lp_plus_plus_', 'prolip_', 'proker_'):
         if name.startswith(prefix):
             stem = name[len(prefix):]
             break
@@ -111,7 +116,8 @@ def test_config_builds_from_the_registries(name):
     cfg = Config.fromfile(str(CONFIGS / name))
     assert cfg.custom_imports.imports == ['tip_adapter_mm']
     assert RUNNERS.get(cfg.runner_type) is FewShotRunner
-    assert cfg.few_shot_cfg.augment_epoch == 10
+    assert cfg.few_shot_cfg.augment_epoch == next(
+        (v for p, v in AUGMENT_EPOCH.items() if name.startswith(p)), 10)
     assert cfg.few_shot_cfg.get('feature_dir') is None
 
     model_cfg = copy.deepcopy(cfg.model.to_dict())
@@ -153,7 +159,8 @@ def test_config_builds_from_the_registries(name):
         assert issubclass(LOOPS.get(cfg.train_cfg.type),
                           mmengine_loops.EpochBasedTrainLoop)
         assert 'global_batch_size' not in cfg  # now train_cfg's
-        assert cfg.train_cfg.global_batch_size == 256
+        prolip = cfg.model.head.type == 'ProLIPHead'  # full batch
+        assert cfg.train_cfg.global_batch_size == ('all' if prolip else 256)
         assert DATA_SAMPLERS.get(
             cfg.train_dataloader.sampler.type) is not None
         types = list(dataset_types(cfg.train_dataloader.dataset))
@@ -165,6 +172,10 @@ def test_config_builds_from_the_registries(name):
         assert 'T_max' not in cfg.param_scheduler
         assert 'end' not in cfg.param_scheduler
         assert cfg.param_scheduler.convert_to_iter_based
+        if prolip:  # only the visual projection trains
+            assert [n for n, p in model.named_parameters()
+                    if p.requires_grad] == ['head.proj_weight']
+            return
         assert getattr(model.head, 'cache', None) is not None
         assert model.head.cache.learnable_keys
         # Only the cache keys train (both key sets with a second cache).
@@ -266,7 +277,8 @@ def test_other_methods_take_their_dataset_base(name):
         assert not MODELS.get(cfg.model.head.type).uses_text
     if dataset == 'imagenet' and cfg.model.get('text_encoder') is not None:
         assert len(get_templates(cfg.model.templates)) == IMAGENET_TEMPLATES
-    assert cfg.get('train_cfg') is None
+    assert (cfg.get('train_cfg') is None) is not name.startswith(
+        TRAINED_PREFIXES)
     assert cfg.fewshot_dataloader.dataset.num_shots == 16
     assert cfg.fewshot_dataloader.dataset.seed == 1
     # Validation never reads the test split.

@@ -1,5 +1,5 @@
 """An MMPretrain classifier for few-shot CLIP adaptation."""
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -47,7 +47,10 @@ class CLIPFewShotClassifier(ImageClassifier):
     False). Heads with CLIP's zero-shot term (``head.uses_text``) get
     ``zero_shot_weights`` from :meth:`build_zero_shot_weights`, which
     builds ``text_encoder`` only for the time it takes; the others
-    (:class:`CacheOnlyHead`, :class:`NCMHead`) need no text tower.
+    (:class:`CacheOnlyHead`, :class:`NCMHead`) need no text tower. A head
+    that fine-tunes the tower's last projection (:class:`ProLIPHead`,
+    ``head.uses_visual_projection``) takes pre-projection features and gets
+    that projection from :meth:`visual_projection` along with them.
 
     Args:
         backbone (dict): Visual encoder.
@@ -158,6 +161,8 @@ class CLIPFewShotClassifier(ImageClassifier):
         for encoder in self.encoders:
             encoder.requires_grad_(False)
             encoder.eval()
+        if getattr(self.head, 'uses_visual_projection', False):
+            self.visual_projection()  # fails now on a tower without one
 
     # -- visual encoders -----------------------------------------------------
     @property
@@ -304,3 +309,44 @@ class CLIPFewShotClassifier(ImageClassifier):
         if self.use_model_logit_scale:
             self.head.clip_logit_scale.fill_(encoder.logit_scale)
         del encoder
+        self.give_head_visual_projection()
+
+    # -- the visual tower's last projection (ProLIP) -------------------------
+    def visual_projection(
+            self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The visual tower's last projection, which the encoded features
+        have not gone through: ``(weight (D_pre, D), bias (D, ) or None)``,
+        so that ``features @ weight + bias`` is CLIP's image embedding.
+
+        The module that ends the tower gives it (``visual_projection()``):
+        ``model.neck`` when there is one, else ``model.backbone``; e.g.
+        ``OpenCLIPVisualBackbone(output='pre_projection')``,
+        ``PreProjectionModifiedResNet``, or ``VisionTransformer`` +
+        ``CLIPPreProjection``. ValueError names the module otherwise.
+        """
+        neck = getattr(self, 'neck', None)
+        key, module = (('model.neck', neck) if neck is not None else
+                       ('model.backbone', self.backbone))
+        get = getattr(module, 'visual_projection', None)
+        projection = get() if callable(get) else None
+        if projection is None:
+            raise ValueError(
+                f'{type(self.head).__name__} needs the visual tower\'s last '
+                f'projection and features from before it, but {key} '
+                f'({type(module).__name__}) has no known projection left to '
+                'apply. Use a pre-projection tower: model.backbone='
+                "OpenCLIPVisualBackbone(..., output='pre_projection') (open_"
+                'clip RN and ViT), PreProjectionModifiedResNet (MMPretrain\'s'
+                ' CLIP RN), or VisionTransformer with model.neck='
+                'CLIPPreProjection (MMPretrain\'s CLIP ViT).')
+        return projection
+
+    def give_head_visual_projection(self) -> None:
+        """Give a head that starts from the tower's last projection
+        (``head.uses_visual_projection``, e.g. :class:`ProLIPHead`) that
+        projection: ``head.set_visual_projection(weight, bias)``. Called by
+        :meth:`build_zero_shot_weights`, before the head is fitted: the
+        projection and the text classifier together are the zero-shot model
+        such a head starts from."""
+        if getattr(self.head, 'uses_visual_projection', False):
+            self.head.set_visual_projection(*self.visual_projection())
