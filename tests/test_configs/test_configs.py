@@ -50,7 +50,16 @@ OTHER_EXPERIMENTS = [
     name for name in EXPERIMENTS if not name.startswith('tip_')
 ]
 #: Experiment prefixes of the other methods that train (a train_cfg).
-TRAINED_PREFIXES = ('prolip_', )
+TRAINED_PREFIXES = ('prolip_', 'clip_adapter_', 'taskres_', 'clap_')
+#: Methods trained with their official Dassl recipe (warm-up epoch, cosine
+#: per epoch, last epoch, nothing searched; the recipes themselves are
+#: checked in tests/test_models/test_heads/): prefix -> (global batch,
+#: trainable parameters).
+DASSL_RECIPES = {
+    'clip_adapter_': (32, ['head.adapter_down', 'head.adapter_up']),
+    'taskres_': (256, ['head.residual']),
+    'clap_': (256, ['head.prototypes']),
+}
 #: few_shot_cfg.augment_epoch of recipes that store another number of
 #: views than Tip-Adapter's 10 (ProLIP: 300, one per epoch).
 AUGMENT_EPOCH = {'prolip_': 300}
@@ -59,7 +68,8 @@ AUGMENT_EPOCH = {'prolip_': 300}
 def dataset_of(name: str) -> str:
     """The dataset of an experiment config's file name."""
     for prefix in ('tip_f_', 'tip_', 'ape_', 'gda_', 'ncm_', 'zero_shot_',
-                   'linear_probe_', 'lp_plus_plus_', 'prolip_', 'proker_'):
+                   'linear_probe_', 'lp_plus_plus_', 'prolip_', 'proker_',
+                   'clip_adapter_', 'taskres_', 'clap_'):
         if name.startswith(prefix):
             stem = name[len(prefix):]
             break
@@ -137,8 +147,11 @@ def test_config_builds_from_the_registries(name):
 
     hooks = [HOOKS.build(copy.deepcopy(h)) for h in cfg.custom_hooks]
     assert all(isinstance(h, Hook) for h in hooks)
+    recipe = next(
+        (r for p, r in DASSL_RECIPES.items() if name.startswith(p)), None)
     assert [type(h).__name__ for h in hooks][:2] == [
-        'BuildCacheHook', 'HyperparameterSearchHook'
+        'BuildCacheHook', 'ValidateAfterResumeHook'
+        if recipe else 'HyperparameterSearchHook'
     ]
     assert cfg.custom_hooks[0] == dict(type='BuildCacheHook')
 
@@ -159,6 +172,24 @@ def test_config_builds_from_the_registries(name):
         assert issubclass(LOOPS.get(cfg.train_cfg.type),
                           mmengine_loops.EpochBasedTrainLoop)
         assert 'global_batch_size' not in cfg  # now train_cfg's
+        if recipe is not None:
+            batch, trained = recipe
+            assert cfg.train_cfg.global_batch_size == batch
+            assert OPTIM_WRAPPER_CONSTRUCTORS.get(
+                cfg.optim_wrapper.constructor) is not None
+            assert cfg.train_dataloader.dataset.type == 'CachedViewsDataset'
+            assert DATA_SAMPLERS.get(
+                cfg.train_dataloader.sampler.type) is not None
+            assert all(
+                PARAM_SCHEDULERS.get(s.type) is not None
+                for s in cfg.param_scheduler)
+            # The cosine follows train_cfg.max_epochs: no end of its own.
+            assert 'T_max' not in cfg.param_scheduler[-1]
+            assert 'end' not in cfg.param_scheduler[-1]
+            assert cfg.few_shot_cfg.protocol == 'none'  # the last epoch
+            assert [n for n, p in model.named_parameters()
+                    if p.requires_grad] == trained
+            return
         prolip = cfg.model.head.type == 'ProLIPHead'  # full batch
         assert cfg.train_cfg.global_batch_size == ('all' if prolip else 256)
         assert DATA_SAMPLERS.get(
@@ -270,12 +301,18 @@ def test_other_methods_take_their_dataset_base(name):
     assert cfg.dataset_name == dataset
     base = dataset_base(cfg)
     assert cfg.model.head.num_classes == base.num_classes == SPEC[dataset][1]
+    # The official ImageNet prompts of CLIP-Adapter, TaskRes and CLAP
+    # differ from Tip-Adapter's (checked in tests/test_models/test_heads/).
+    own_prompts = dataset == 'imagenet' and name.startswith(
+        tuple(DASSL_RECIPES))
     if cfg.model.get('text_encoder') is not None:
-        assert cfg.model.templates == base.templates == SPEC[dataset][0]
+        assert own_prompts or (
+            cfg.model.templates == base.templates == SPEC[dataset][0])
     else:
         # NCM, the linear probe: heads that read no text.
         assert not MODELS.get(cfg.model.head.type).uses_text
-    if dataset == 'imagenet' and cfg.model.get('text_encoder') is not None:
+    if (dataset == 'imagenet' and cfg.model.get('text_encoder') is not None
+            and not own_prompts):
         assert len(get_templates(cfg.model.templates)) == IMAGENET_TEMPLATES
     assert (cfg.get('train_cfg') is None) is not name.startswith(
         TRAINED_PREFIXES)

@@ -2,6 +2,8 @@ from .ape_head import APEHead, SelectedChannelsCache, select_channels
 from .base_head import FewShotHead, SearchStage
 from .cache_model import KeyValueCache
 from .cache_only_head import CacheOnlyHead
+from .clap_head import CLAPHead
+from .clip_adapter_head import CLIPAdapterHead
 from .dual_cache_head import DualCacheTipAdapterHead
 from .gda_head import GDAHead
 from .linear_probe_head import LinearProbeHead
@@ -9,6 +11,8 @@ from .lp_plus_plus_head import LPPlusPlusHead
 from .ncm_head import NCMHead
 from .prolip_head import ProLIPHead
 from .proker_head import ProKeRHead
+from .taskres_head import TaskResHead
+from .text_prototype_head import TextPrototypeHead
 from .tip_adapter_head import TipAdapterHead, linear_grid
 from .zero_shot_head import ZeroShotHead
 
@@ -17,5 +21,6 @@ __all__ = [
     'TipAdapterHead', 'DualCacheTipAdapterHead', 'CacheOnlyHead', 'GDAHead',
     'APEHead', 'SelectedChannelsCache', 'select_channels', 'NCMHead',
     'linear_grid', 'LinearProbeHead', 'LPPlusPlusHead',
-    'ProLIPHead', 'ProKeRHead'
+    'ProLIPHead', 'ProKeRHead',
+    'CLIPAdapterHead', 'TaskResHead', 'CLAPHead', 'TextPrototypeHead'
 ]
