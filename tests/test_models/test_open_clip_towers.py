@@ -136,3 +136,34 @@ def test_text_encoder_outputs_raw_features(tiny_clip):
     with torch.no_grad():
         torch.testing.assert_close(feats, reference.encode_text(tokens))
     assert not hasattr(encoder.clip, 'visual')
+
+
+@pytest.mark.parametrize('head_type', ['TaskResHead', 'CLAPHead'])
+def test_text_prototype_heads_get_the_raw_text_norms(tiny_clip, head_type):
+    """TaskRes and CLAP train from the raw text features: the classifier
+    gives them the norm of each class's mean raw prompt feature."""
+    classes = ['red_apple', 'green leaf', 'blue_sky']
+    templates = get_templates('imagenet')
+    model = CLIPFewShotClassifier(
+        backbone=dict(type='OpenCLIPVisualBackbone', **tiny_clip),
+        text_encoder=dict(type='OpenCLIPTextEncoder', **tiny_clip),
+        head=dict(type=head_type, num_classes=3),
+        templates='imagenet')
+    model.build_zero_shot_weights(classes)
+    reference = reference_model(tiny_clip)
+    tokenizer = open_clip.get_tokenizer(tiny_clip['model_name'])
+    for c, name in enumerate(classes):
+        prompts = [t.format(name.replace('_', ' ')) for t in templates]
+        with torch.no_grad():
+            raw = reference.encode_text(tokenizer(prompts))
+        expected = raw.mean(dim=0).norm()
+        assert float(model.head.text_norms[c]) == pytest.approx(
+            float(expected), rel=1e-5)
+    assert not torch.allclose(model.head.text_norms, torch.ones(3))
+    # A head without the raw scale gets none.
+    tip = CLIPFewShotClassifier(
+        backbone=dict(type='OpenCLIPVisualBackbone', **tiny_clip),
+        text_encoder=dict(type='OpenCLIPTextEncoder', **tiny_clip),
+        head=dict(type='TipAdapterHead', num_classes=3))
+    tip.build_zero_shot_weights(classes)
+    assert not hasattr(tip.head, 'text_norms')

@@ -31,8 +31,11 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min=0.0, by_epoch=True, begin=1),
 ]
 
-# Nothing to search after training: no HyperparameterSearchHook.
+# Under protocol 'none' the search hook applies the validation-free values
+# after training and saves final_searched.pth (the last epoch); under a
+# validation protocol it loads the best epoch on validation first.
 custom_hooks = [
     dict(type='BuildCacheHook'),
+    dict(type='HyperparameterSearchHook'),
     dict(type='ValidateAfterResumeHook'),
 ]

@@ -122,7 +122,7 @@ def test_recipe_from_the_configs():
     assert cfg.train_dataloader.dataset.type == 'CachedViewsDataset'
     assert cfg.few_shot_cfg.protocol == 'none'
     assert [h.type for h in cfg.custom_hooks] == [
-        'BuildCacheHook', 'ValidateAfterResumeHook'
+        'BuildCacheHook', 'HyperparameterSearchHook', 'ValidateAfterResumeHook'
     ]
     for dataset in DATASETS:
         cfg = Config.fromfile(str(CONFIGS / f'taskres_{dataset}_16shot.py'))

@@ -303,8 +303,14 @@ class CLIPFewShotClassifier(ImageClassifier):
                 'model.text_encoder (e.g. OpenCLIPTextEncoder).')
         encoder = MODELS.build(self.text_encoder_cfg)
         encoder.to(self.head.is_searched.device)
+        # Heads that train from the raw text prototypes (TaskRes, CLAP)
+        # also take the raw features' norms.
+        raw_norms = hasattr(self.head, 'set_text_norms')
         weights = build_zero_shot_weights(encoder, dataset_classes,
-                                          self.templates)
+                                          self.templates, raw_norms)
+        if raw_norms:
+            weights, norms = weights
+            self.head.set_text_norms(norms)
         self.head.set_zero_shot_weights(weights)
         if self.use_model_logit_scale:
             self.head.clip_logit_scale.fill_(encoder.logit_scale)
