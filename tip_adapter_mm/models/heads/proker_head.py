@@ -38,7 +38,8 @@ def proker_kernel(x: torch.Tensor, centres: torch.Tensor,
     """``k(x, c) = exp(-beta (1 - x . c))`` in float64: ``(B, C), (P, C) ->
     (B, P)``. For unit vectors, ``1 - x . c`` is half the squared distance:
     a Gaussian kernel on the sphere."""
-    return torch.exp((x.double() @ centres.double().t() - 1.0) * beta)
+    out = x.double() @ centres.double().t()
+    return out.sub_(1.0).mul_(beta).exp_()  # in place: one (B, P) tensor
 
 
 def _linspace(value: Sequence[float], name: str) -> Tuple[float, float, int]:
@@ -344,10 +345,10 @@ class ProKeRHead(ZeroShotHead):
                        self._residual(z[start:start + rows],
                                       y[start:start + rows]))
             del k_zl
-        # G = C^-1 H C^-T, b = C^-1 g.
+        # G = C^-1 H C^-T, b = C^-1 g. G is symmetric up to rounding;
+        # cholesky and eigh read its lower triangle only.
         gram = torch.linalg.solve_triangular(chol, gram, upper=False)
         gram = torch.linalg.solve_triangular(chol, gram.t(), upper=False)
-        gram = (gram + gram.t()) / 2
         rhs = torch.linalg.solve_triangular(chol, rhs, upper=False)
         return KernelSystem(centres, gram, rhs, chol)
 
@@ -365,10 +366,11 @@ class ProKeRHead(ZeroShotHead):
             solutions = (evecs @ ((lmbda / (evals + lmbda))[:, None] * proj)
                          for lmbda in map(float, lmbdas))
         else:
-            eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
 
             def solve(lmbda: float) -> torch.Tensor:
-                factor = torch.linalg.cholesky(gram + lmbda * eye)
+                factor = gram.clone()
+                factor.diagonal().add_(lmbda)
+                torch.linalg.cholesky(factor, out=factor)  # in place
                 return lmbda * torch.cholesky_solve(rhs, factor)
 
             solutions = (solve(lmbda) for lmbda in map(float, lmbdas))
