@@ -161,7 +161,7 @@ class CLIPFewShotClassifier(ImageClassifier):
         for encoder in self.encoders:
             encoder.requires_grad_(False)
             encoder.eval()
-        if getattr(self.head, 'uses_visual_projection', False):
+        if self.head.uses_visual_projection:
             self.visual_projection()  # fails now on a tower without one
 
     # -- visual encoders -----------------------------------------------------
@@ -354,5 +354,5 @@ class CLIPFewShotClassifier(ImageClassifier):
         :meth:`build_zero_shot_weights`, before the head is fitted: the
         projection and the text classifier together are the zero-shot model
         such a head starts from."""
-        if getattr(self.head, 'uses_visual_projection', False):
+        if self.head.uses_visual_projection:
             self.head.set_visual_projection(*self.visual_projection())

@@ -94,6 +94,10 @@ class FewShotHead(ClsHead):
     #: Whether :meth:`forward` takes L2-normalised features (True) or the
     #: encoder's raw features (ProLIP's pre-projection features).
     normalize_inputs: bool = True
+    #: Whether the head starts from the visual tower's last projection
+    #: (ProLIP): the classifier then gives it with the zero-shot weights
+    #: (``set_visual_projection(weight, bias)``).
+    uses_visual_projection: bool = False
 
     def __init__(self,
                  num_classes: int,
