@@ -35,7 +35,8 @@ import time
 
 import numpy as np
 
-from common import add_out_arg, cpu_model, new_parser, write_json
+from common import (add_out_arg, cpu_model, cpu_seconds, new_parser,
+                    other_cpu_share, write_json)
 
 GB = 1024**3
 
@@ -49,7 +50,7 @@ def parse_args():
     parser.add_argument('--shots', type=int, default=16)
     parser.add_argument('--views', type=int, default=10,
                         help='augmented views per shot V')
-    parser.add_argument('--compare-classes', type=int, nargs='+',
+    parser.add_argument('--compare-classes', type=int, nargs='*',
                         default=(10, 25),
                         help='class counts of the exact-vs-Nystrom '
                         'comparison (M = views x shots x classes)')
@@ -66,7 +67,7 @@ def parse_args():
                         help='beta and lmbda linspaces of the search')
     parser.add_argument('--test-per-class', type=int, default=40)
     parser.add_argument('--val-per-class', type=int, default=10)
-    parser.add_argument('--scale-classes', type=int, nargs='+',
+    parser.add_argument('--scale-classes', type=int, nargs='*',
                         default=(125, 250, 500),
                         help='class counts whose fit is timed')
     parser.add_argument('--target-classes', type=int, default=1000,
@@ -214,10 +215,12 @@ def fit_in_process(args, classes, queue):
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')  # reset VmHWM to the current RSS
         before = _status_kb('VmRSS') * 1024
+    cpu_start = cpu_seconds()
     start = time.perf_counter()
     head.fit(support, labels)
     sync(device)
     seconds = time.perf_counter() - start
+    others = other_cpu_share(cpu_start, seconds)
     if device.type == 'cuda':
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
@@ -225,7 +228,7 @@ def fit_in_process(args, classes, queue):
     queue.put(dict(classes=classes, S=classes * args.shots,
                    M=head.num_samples, m=len(head.centres),
                    exact=head.uses_exact_solve, fit_seconds=seconds,
-                   peak_bytes=int(peak),
+                   peak_bytes=int(peak), other_cpu_share=others,
                    support_bytes=int(head.support_views.numel() * 4)))
 
 
@@ -281,32 +284,34 @@ def main():
         rows += r
         searches += s
         zero_shot[classes] = z
-    print('Exact solve vs Nystrom approximation (test accuracy %, share of '
-          'equal predictions %, largest logit difference vs the largest '
-          'kernel term |k(f, Z) A| of the exact solve):\n')
-    print('| N | M | beta | lmbda | method | top-1 | agree | max abs dlogit '
-          '| max kernel term | solve (s) |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
-    for r in rows:
-        print(f"| {r['classes']} | {r['M']} | {r['beta']:g} | "
-              f"{r['lmbda']:g} | {r['method']} | {r['accuracy']:.2f} | "
-              f"{r['agreement']:.2f} | {r['max_logit_diff']:.2e} | "
-              f"{r['max_kernel_term']:.3f} | {r['solve_seconds']:.2f} |")
-    print('\nSearch on validation (grid beta=linspace(%g, %g, %d), '
-          'lmbda=linspace(%g, %g, %d)); test top-1 at the best point '
-          '(zero-shot: %s):\n' % (*args.search_grid[:2],
-                                  int(args.search_grid[2]),
-                                  *args.search_grid[3:5],
-                                  int(args.search_grid[5]), ', '.join(
-                                      f'N={k}: {v:.2f}'
-                                      for k, v in zero_shot.items())))
-    print('| N | method | best beta | best lmbda | val top-1 | test top-1 '
-          '| search (s) |')
-    print('|---|---|---|---|---|---|---|')
-    for s in searches:
-        print(f"| {s['classes']} | {s['method']} | {s['best']['beta']:.3g} "
-              f"| {s['best']['lmbda']:.3g} | {s['val_accuracy']:.2f} | "
-              f"{s['test_accuracy']:.2f} | {s['seconds']:.1f} |")
+    if rows:
+        print('Exact solve vs Nystrom approximation (test accuracy %, '
+              'share of equal predictions %, largest logit difference vs '
+              'the largest kernel term |k(f, Z) A| of the exact solve):\n')
+        print('| N | M | beta | lmbda | method | top-1 | agree | '
+              'max abs dlogit | max kernel term | solve (s) |')
+        print('|---|---|---|---|---|---|---|---|---|---|')
+        for r in rows:
+            print(f"| {r['classes']} | {r['M']} | {r['beta']:g} | "
+                  f"{r['lmbda']:g} | {r['method']} | {r['accuracy']:.2f} | "
+                  f"{r['agreement']:.2f} | {r['max_logit_diff']:.2e} | "
+                  f"{r['max_kernel_term']:.3f} | {r['solve_seconds']:.2f} |")
+        print('\nSearch on validation (grid beta=linspace(%g, %g, %d), '
+              'lmbda=linspace(%g, %g, %d)); test top-1 at the best point '
+              '(zero-shot: %s):\n' % (*args.search_grid[:2],
+                                      int(args.search_grid[2]),
+                                      *args.search_grid[3:5],
+                                      int(args.search_grid[5]), ', '.join(
+                                          f'N={k}: {v:.2f}'
+                                          for k, v in zero_shot.items())))
+        print('| N | method | best beta | best lmbda | val top-1 | test top-1 '
+              '| search (s) |')
+        print('|---|---|---|---|---|---|---|')
+        for s in searches:
+            print(f"| {s['classes']} | {s['method']} | "
+                  f"{s['best']['beta']:.3g} | {s['best']['lmbda']:.3g} | "
+                  f"{s['val_accuracy']:.2f} | {s['test_accuracy']:.2f} | "
+                  f"{s['seconds']:.1f} |")
 
     scale = [measure_fit(args, c) for c in args.scale_classes]
     target_s = args.target_classes * args.shots
@@ -314,6 +319,8 @@ def main():
     measured = [r for r in scale if r['classes'] == args.target_classes]
     if measured:
         target = dict(measured[0], extrapolated=False)
+    elif len(scale) < 3:
+        target = None  # too few sizes for the three-term memory model
     else:
         seconds, peak = extrapolate(scale, target_s)
         target = dict(classes=args.target_classes, S=target_s, M=target_m,
@@ -325,13 +332,16 @@ def main():
     print(f'\nFit (solve at one (beta, lmbda)) of the head as configured '
           f'(Nystrom above exact_max_samples), on {args.device}:\n')
     print('| classes | S | M | landmarks m | fit (s) | peak memory (GB) | '
-          'support views kept (GB) |')
-    print('|---|---|---|---|---|---|---|')
-    for r in scale + ([] if measured else [target]):
+          'support views kept (GB) | CPU share of other processes |')
+    print('|---|---|---|---|---|---|---|---|')
+    for r in scale + ([] if measured or target is None else [target]):
         mark = ' (extrapolated)' if r.get('extrapolated') else ''
-        print(f"| {r['classes']}{mark} | {r['S']} | {r['M']} | {r['m']} | "
+        share = r.get('other_cpu_share')
+        centres = 'exact solve' if r['exact'] else r['m']
+        print(f"| {r['classes']}{mark} | {r['S']} | {r['M']} | {centres} | "
               f"{r['fit_seconds']:.1f} | {r['peak_bytes'] / GB:.2f} | "
-              f"{r['support_bytes'] / GB:.2f} |")
+              f"{r['support_bytes'] / GB:.2f} | "
+              f"{'-' if share is None else f'{share:.0%}'} |")
     print(f'\nThe exact solve at M={target_m} would need '
           f'{exact_bytes / GB:.0f} GB (k(Z, Z) and its factor in float64).')
     write_json(args.out, dict(args=vars(args), machine=machine,

@@ -7,8 +7,10 @@
 # official code searches ImageNet on its test split (val = test there);
 # here the search uses the held-out part of train. 160,000 support views
 # (16 shots x 10 views x 1000 classes) are solved by the head's Nystrom
-# approximation on the 16,000 view-averaged shots: about 15 GB of float64
-# systems, for a GPU (benchmarks/bench_proker.py).
+# approximation on the 16,000 view-averaged shots: a peak of about 7.5 GB
+# (float64 16,000 x 16,000 systems) and about 1e14 float64 operations per
+# beta, about half an hour on 2 CPU cores (benchmarks/bench_proker.py,
+# extrapolated); a data-centre GPU is the intended device.
 _base_ = [
     './_base_/models/tip_adapter_rn50.py',
     './_base_/datasets/imagenet_fewshot.py',
