@@ -407,3 +407,27 @@ def test_report_of_a_joint_search_has_no_plot(tmp_path):
     paths = save_search_report(result, str(tmp_path))
     assert [p.rsplit('/', 1)[1] for p in paths] == [
         'hyperparameter_search.json']
+
+
+def test_unchunked_stage_gets_the_whole_split_in_one_call():
+    from collections import OrderedDict
+
+    from tip_adapter_mm.engine.search import search_stage
+    from tip_adapter_mm.models.heads import SearchStage
+    sizes = []
+
+    def count(feats, labels, params, max_elements):
+        sizes.append(len(labels))
+        return torch.tensor([int((labels == 0).sum()), 0])
+
+    feats = (torch.randn(10, 4), )
+    labels = torch.tensor([0, 1] * 5)
+    grid = OrderedDict(x=torch.tensor([1.0, 2.0]))
+    chunked = search_stage(SearchStage(grid, count), feats, labels, {}, 3)
+    assert sizes == [3, 3, 3, 1]
+    sizes.clear()
+    whole = search_stage(SearchStage(grid, count, chunked=False), feats,
+                         labels, {}, 3)
+    assert sizes == [10]
+    assert torch.equal(chunked.accuracy_grid, whole.accuracy_grid)
+    assert whole.best == {'x': 1.0}

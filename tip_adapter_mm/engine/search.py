@@ -81,8 +81,9 @@ def search_stage(stage: SearchStage,
     grid = stage.grid
     shape = tuple(len(g) for g in grid.values())
     correct = torch.zeros(shape, dtype=torch.int64)
-    for start in range(0, len(labels), chunk_size):
-        stop = start + chunk_size
+    step = chunk_size if stage.chunked else max(len(labels), 1)
+    for start in range(0, len(labels), step):
+        stop = start + step
         correct += stage.count_correct(
             _chunk(feats, start, stop), labels[start:stop], params,
             max_elements).cpu()

@@ -339,3 +339,29 @@ def test_test_py_fits_searches_and_reports(tiny_clip, image_folders,
         next(work_dir.glob('*/hyperparameter_search.json')).read_text())
     assert report['grid']['beta'] == pytest.approx([0.5, 4 / 3, 13 / 6, 3])
     assert report['grid']['lmbda'] == pytest.approx([0.01, 0.505, 1.0])
+
+
+def test_search_solves_each_beta_once_whatever_the_chunk_size(monkeypatch):
+    """The search gives ProKeR the whole validation split (chunked=False):
+    each beta's kernel system is built once per search even when its
+    coefficients exceed max_elements and the hook's chunks are small."""
+    p = problem(seed=5, noise=1.2)
+    head = fitted(p, beta_range=(0.5, 6.0, 3), lmbda_range=(0.002, 2.0, 3),
+                  exact_max_samples=0)
+    f, y = normed(p['val']), p['val_labels']
+    built = []
+    original = ProKeRHead.kernel_system
+
+    def counting(self, beta, max_elements=None):
+        built.append(beta)
+        return original(self, beta, max_elements)
+
+    monkeypatch.setattr(ProKeRHead, 'kernel_system', counting)
+    result = grid_search(head, (f, ), y, chunk_size=7, max_elements=40)
+    assert len(built) == 3  # one per beta, not one per chunk of 7
+    assert result.num_samples == len(y)
+    assert torch.equal(
+        torch.round(result.accuracy_grid * len(y) / 100).long(),
+        loop_counts(fitted(p, beta_range=(0.5, 6.0, 3),
+                           lmbda_range=(0.002, 2.0, 3), exact_max_samples=0),
+                    f, y))

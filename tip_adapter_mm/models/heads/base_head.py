@@ -24,9 +24,14 @@ class SearchStage(NamedTuple):
         count_correct: ``(feats, labels, params, max_elements) -> counts``
             shaped like ``grid``; ``params`` holds the values of the
             hyperparameters that are not in ``grid``.
+        chunked: True: the search gives ``count_correct`` the validation
+            features ``chunk_size`` at a time. False: all of them in one
+            call, for a count whose cost is in solving the grid (ProKeR),
+            which then bounds its own memory by ``max_elements``.
     """
     grid: Grid
     count_correct: Callable[..., torch.Tensor]
+    chunked: bool = True
 
 
 def resize_from_state_dict(module: nn.Module, state_dict: dict, prefix: str,

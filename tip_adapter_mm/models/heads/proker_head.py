@@ -466,11 +466,14 @@ class ProKeRHead(ZeroShotHead):
             lmbda=torch.linspace(*self.lmbda_range, dtype=torch.float64))
 
     def search_stages(self) -> List[SearchStage]:
-        """One stage over ``(beta, lmbda)``, counted by a
-        :class:`_GridCounter` that solves the grid once for the whole
-        search (when its coefficients fit ``max_elements``) instead of once
-        per chunk of validation features."""
-        return [SearchStage(self.search_grid(), _GridCounter(self))]
+        """One stage over ``(beta, lmbda)`` that takes the validation
+        features in one call (``chunked=False``; :meth:`count_with` chunks
+        them within ``max_elements``), so each beta's kernel system is
+        built and solved once per search, not once per chunk."""
+        return [
+            SearchStage(self.search_grid(), _GridCounter(self),
+                        chunked=False)
+        ]
 
     @torch.no_grad()
     def grid_coefficients(
