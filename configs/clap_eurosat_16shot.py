@@ -1,15 +1,11 @@
 # CLAP, CLIP RN50, EuroSAT, 16 shots, seed 1; validation-free recipe in
 # configs/_base_/schedules/clap.py (the same for every dataset).
 _base_ = [
-    './_base_/models/tip_adapter_rn50.py',
+    './_base_/models/clap_rn50.py',
     './_base_/datasets/eurosat_fewshot.py',
     './_base_/schedules/clap.py',
     './_base_/default_runtime.py',
 ]
 model = dict(
     templates={{_base_.templates}},
-    head=dict(
-        _delete_=True,
-        type='CLAPHead',
-        num_classes={{_base_.num_classes}},
-        topk=(1, 5)))
+    head=dict(num_classes={{_base_.num_classes}}))

@@ -1,7 +1,7 @@
 # CLAP, CLIP RN50, ImageNet, 16 shots, seed 1; validation-free recipe in
 # configs/_base_/schedules/clap.py (the same for every dataset).
 _base_ = [
-    './_base_/models/tip_adapter_rn50.py',
+    './_base_/models/clap_rn50.py',
     './_base_/datasets/imagenet_fewshot.py',
     './_base_/schedules/clap.py',
     './_base_/default_runtime.py',
@@ -14,8 +14,4 @@ model = dict(
         'a photo of the large {}.', 'a {} in a video game.',
         'art of the {}.', 'a photo of the small {}.', 'a photo of a {}.'
     ],
-    head=dict(
-        _delete_=True,
-        type='CLAPHead',
-        num_classes={{_base_.num_classes}},
-        topk=(1, 5)))
+    head=dict(num_classes={{_base_.num_classes}}))

@@ -1,16 +1,11 @@
 # CLIP-Adapter, CLIP RN50, Flowers102, 16 shots, seed 1; recipe in
 # configs/_base_/schedules/clip_adapter.py.
 _base_ = [
-    './_base_/models/tip_adapter_rn50.py',
+    './_base_/models/clip_adapter_rn50.py',
     './_base_/datasets/flowers102_fewshot.py',
     './_base_/schedules/clip_adapter.py',
     './_base_/default_runtime.py',
 ]
 model = dict(
     templates={{_base_.templates}},
-    head=dict(
-        _delete_=True,
-        type='CLIPAdapterHead',
-        num_classes={{_base_.num_classes}},
-        ratio=0.2,  # the official code's residual ratio
-        topk=(1, 5)))
+    head=dict(num_classes={{_base_.num_classes}}))

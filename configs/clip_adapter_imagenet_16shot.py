@@ -1,7 +1,7 @@
 # CLIP-Adapter, CLIP RN50, ImageNet, 16 shots, seed 1; recipe in
 # configs/_base_/schedules/clip_adapter.py.
 _base_ = [
-    './_base_/models/tip_adapter_rn50.py',
+    './_base_/models/clip_adapter_rn50.py',
     './_base_/datasets/imagenet_fewshot.py',
     './_base_/schedules/clip_adapter.py',
     './_base_/default_runtime.py',
@@ -11,10 +11,5 @@ _base_ = [
 # for 50 epochs (CoOp's COOP.md: *_ep50.yaml for ImageNet).
 model = dict(
     templates='default',
-    head=dict(
-        _delete_=True,
-        type='CLIPAdapterHead',
-        num_classes={{_base_.num_classes}},
-        ratio=0.2,  # the official code's residual ratio
-        topk=(1, 5)))
+    head=dict(num_classes={{_base_.num_classes}}))
 train_cfg = dict(max_epochs=50)

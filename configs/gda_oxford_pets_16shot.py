@@ -1,6 +1,7 @@
 # GDA (training-free; Gaussian discriminant analysis with a shared
-# covariance, ICLR 2024), CLIP RN50, oxford_pets, 16 shots, seed 1: alpha searched
-# under few_shot_cfg.protocol. Only the head differs from tip_oxford_pets_16shot.py.
+# covariance, ICLR 2024), CLIP RN50, oxford_pets, 16 shots, seed 1:
+# alpha searched under few_shot_cfg.protocol. Only the head differs
+# from tip_oxford_pets_16shot.py.
 _base_ = ['./tip_oxford_pets_16shot.py']
 
 model = dict(

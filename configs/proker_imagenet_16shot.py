@@ -12,7 +12,7 @@
 # beta, about half an hour on 2 CPU cores (benchmarks/bench_proker.py,
 # extrapolated); a data-centre GPU is the intended device.
 _base_ = [
-    './_base_/models/tip_adapter_rn50.py',
+    './_base_/models/proker_rn50.py',
     './_base_/datasets/imagenet_fewshot.py',
     './_base_/schedules/tip_adapter.py',
     './_base_/default_runtime.py',
@@ -20,11 +20,6 @@ _base_ = [
 model = dict(
     templates={{_base_.templates}},
     head=dict(
-        _delete_=True,
-        type='ProKeRHead',
         num_classes={{_base_.num_classes}},
-        beta=1.7,
-        lmbda=0.1,
         beta_range=(1.5, 3.0, 10),
-        lmbda_range=(0.05, 0.25, 10),
-        topk=(1, 5)))
+        lmbda_range=(0.05, 0.25, 10)))

@@ -5,7 +5,7 @@
 # linspace(start, end, steps) of each). The fixed values are its
 # validation-free 16-shot ones (RN50, transferred from ImageNet).
 _base_ = [
-    './_base_/models/tip_adapter_rn50.py',
+    './_base_/models/proker_rn50.py',
     './_base_/datasets/ucf101_fewshot.py',
     './_base_/schedules/tip_adapter.py',
     './_base_/default_runtime.py',
@@ -13,11 +13,6 @@ _base_ = [
 model = dict(
     templates={{_base_.templates}},
     head=dict(
-        _delete_=True,
-        type='ProKeRHead',
         num_classes={{_base_.num_classes}},
-        beta=1.7,
-        lmbda=0.1,
         beta_range=(0.5, 3.0, 20),
-        lmbda_range=(0.001, 1.0, 10),
-        topk=(1, 5)))
+        lmbda_range=(0.001, 1.0, 10)))

@@ -1,16 +1,11 @@
 # TaskRes (regular base), CLIP RN50, FGVC Aircraft, 16 shots, seed 1; recipe in
 # configs/_base_/schedules/taskres.py.
 _base_ = [
-    './_base_/models/tip_adapter_rn50.py',
+    './_base_/models/taskres_rn50.py',
     './_base_/datasets/fgvc_aircraft_fewshot.py',
     './_base_/schedules/taskres.py',
     './_base_/default_runtime.py',
 ]
 model = dict(
     templates={{_base_.templates}},
-    head=dict(
-        _delete_=True,
-        type='TaskResHead',
-        num_classes={{_base_.num_classes}},
-        residual_scale=0.5,  # train_regular.sh
-        topk=(1, 5)))
+    head=dict(num_classes={{_base_.num_classes}}))

@@ -1,7 +1,7 @@
 # TaskRes (regular base), CLIP RN50, Flowers102, 16 shots, seed 1; recipe in
 # configs/_base_/schedules/taskres.py.
 _base_ = [
-    './_base_/models/tip_adapter_rn50.py',
+    './_base_/models/taskres_rn50.py',
     './_base_/datasets/flowers102_fewshot.py',
     './_base_/schedules/taskres.py',
     './_base_/default_runtime.py',
@@ -9,8 +9,5 @@ _base_ = [
 model = dict(
     templates={{_base_.templates}},
     head=dict(
-        _delete_=True,
-        type='TaskResHead',
         num_classes={{_base_.num_classes}},
-        residual_scale=1.0,  # train_regular.sh: 1.0 for Flowers102
-        topk=(1, 5)))
+        residual_scale=1.0))  # train_regular.sh: 1.0 for Flowers102

@@ -1,7 +1,7 @@
 # TaskRes (regular base), CLIP RN50, ImageNet, 16 shots, seed 1; recipe in
 # configs/_base_/schedules/taskres.py.
 _base_ = [
-    './_base_/models/tip_adapter_rn50.py',
+    './_base_/models/taskres_rn50.py',
     './_base_/datasets/imagenet_fewshot.py',
     './_base_/schedules/taskres.py',
     './_base_/default_runtime.py',
@@ -14,12 +14,7 @@ model = dict(
         'a photo of the large {}.', 'a {} in a video game.',
         'art of the {}.', 'a photo of the small {}.', 'a photo of a {}.'
     ],
-    head=dict(
-        _delete_=True,
-        type='TaskResHead',
-        num_classes={{_base_.num_classes}},
-        residual_scale=0.5,  # train_regular.sh
-        topk=(1, 5)))
+    head=dict(num_classes={{_base_.num_classes}}))
 # adam_lr2e-4_B256_ep200.yaml: lr 2e-4 (the warm-up stays at 1e-5).
 optim_wrapper = dict(optimizer=dict(lr=2e-4))
 param_scheduler = [

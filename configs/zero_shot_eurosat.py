@@ -1,6 +1,7 @@
-# Zero-shot CLIP RN50 on eurosat (ZeroShotHead): the dataset's prompt templates,
-# nothing fitted on the few-shot set, nothing searched (the few-shot loader
-# only names the classes). Published figures: docs/results_sources.md.
+# Zero-shot CLIP RN50 on eurosat (ZeroShotHead): the dataset's prompt
+# templates, nothing fitted on the few-shot set, nothing searched (the
+# few-shot loader only names the classes). Published figures:
+# docs/results_sources.md.
 _base_ = ['./tip_eurosat_16shot.py']  # only the head differs
 model = dict(
     head=dict(
