@@ -157,6 +157,16 @@ class FewShotHead(ClsHead):
                 f'{int(labels.max())}].')
         return view_feats
 
+    def check_every_class(self, labels: torch.Tensor) -> None:
+        """Raise when a class has no few-shot image in ``labels`` ``(S, )``
+        (heads that fit a statistic or a weight per class need one)."""
+        counts = torch.bincount(labels.long().flatten(),
+                                minlength=self.num_classes)
+        if (counts == 0).any():
+            missing = torch.nonzero(counts == 0).flatten().tolist()
+            raise ValueError(f'{type(self).__name__}: classes {missing[:10]} '
+                             'have no few-shot image; every class needs one.')
+
     # -- fitting -------------------------------------------------------------
     @property
     def is_fitted(self) -> bool:

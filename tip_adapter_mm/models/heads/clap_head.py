@@ -80,10 +80,7 @@ class CLAPHead(TextPrototypeHead):
             dim=-1)
         targets = labels.to(base.device).long().repeat(num_views)
         counts = torch.bincount(targets, minlength=self.num_classes)
-        if (counts == 0).any():
-            missing = torch.nonzero(counts == 0).flatten().tolist()
-            raise ValueError(f'CLAPHead.fit: classes {missing[:10]} have no '
-                             'few-shot image; every class needs one.')
+        self.check_every_class(labels)
         probs = torch.softmax(
             self.clip_logit_scale * vecs @ self.zero_shot_weights.double(),
             dim=-1)  # (M, N)

@@ -93,10 +93,7 @@ class GDAHead(ZeroShotHead):
         vecs = F.normalize(view_feats.double().reshape(-1, channels), dim=-1)
         targets = labels.long().repeat(num_views)
         counts = torch.bincount(targets, minlength=self.num_classes)
-        if (counts == 0).any():
-            missing = torch.nonzero(counts == 0).flatten().tolist()
-            raise ValueError(f'GDAHead: classes {missing[:10]} have no '
-                             'few-shot image; every class needs one.')
+        self.check_every_class(labels)
         one_hot = F.one_hot(targets, self.num_classes).double()  # (M, N)
         means = (one_hot.t() @ vecs) / counts[:, None]  # (N, C)
         centred = vecs - means[targets]

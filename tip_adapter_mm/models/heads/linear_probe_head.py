@@ -187,11 +187,7 @@ class LinearProbeHead(FewShotHead):
         """
         views, = self.check_views(view_feats, labels)
         num_views, _, dims = views.shape
-        counts = torch.bincount(labels.long(), minlength=self.num_classes)
-        if (counts == 0).any():
-            missing = torch.nonzero(counts == 0).flatten().tolist()
-            raise ValueError(f'LinearProbeHead: classes {missing[:10]} have '
-                             'no few-shot image; every class needs one.')
+        self.check_every_class(labels)
         device = self.is_searched.device
         dtype = _DTYPES[self.solver_dtype]
         self.support_feats = F.normalize(

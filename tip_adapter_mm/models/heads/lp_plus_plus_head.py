@@ -150,11 +150,7 @@ class LPPlusPlusHead(ZeroShotHead):
         if not self.has_zero_shot_weights:
             self.clip_logits(views[0])  # raises, naming the remedies
         num_views, _, dims = views.shape
-        counts = torch.bincount(labels.long(), minlength=self.num_classes)
-        if (counts == 0).any():
-            missing = torch.nonzero(counts == 0).flatten().tolist()
-            raise ValueError(f'LPPlusPlusHead: classes {missing[:10]} have '
-                             'no few-shot image; every class needs one.')
+        self.check_every_class(labels)
         device = self.zero_shot_weights.device
         dtype = _DTYPES[self.solver_dtype]
         feats = F.normalize(views.to(device, dtype).reshape(-1, dims), dim=-1)

@@ -50,11 +50,7 @@ class NCMHead(FewShotHead):
         views, = self.check_views(view_feats, labels)
         vecs = F.normalize(views.float(), dim=-1).mean(dim=0)  # (S, C)
         one_hot = F.one_hot(labels.long(), self.num_classes).float()
-        counts = one_hot.sum(dim=0)
-        if (counts == 0).any():
-            missing = torch.nonzero(counts == 0).flatten().tolist()
-            raise ValueError(f'NCMHead: classes {missing[:10]} have no '
-                             'few-shot image; every class needs one.')
+        self.check_every_class(labels)
         self.class_means = F.normalize(one_hot.t() @ vecs, dim=-1).to(
             self.is_searched.device)
 
