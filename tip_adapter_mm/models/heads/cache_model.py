@@ -113,6 +113,11 @@ class KeyValueCache(nn.Module):
         """Correct top-1 predictions of ``base_logits + alpha *
         cache_logits(beta)`` at every ``(beta, alpha)``, vectorised.
 
+        With one-hot values (Tip-Adapter's cache) the product with the
+        values is a sum of the affinities of each class's keys: N times
+        fewer operations than the ``(NK, N)`` matmul, which other values
+        (APE's refined ones) keep (:class:`ClassSums`).
+
         Args:
             feats: L2-normalised features ``(M, C)``.
             labels: ``(M, )``.
@@ -121,9 +126,12 @@ class KeyValueCache(nn.Module):
                 (zero-shot CLIP, another cache); None for the term alone.
             values: ``(NK, N)`` instead of the stored values.
             affinity: ``(M, NK)`` if already computed for ``feats``.
-            max_elements: Bound on the elements of the ``(b, M, NK)`` and
-                ``(a, b, M, N)`` temporaries; betas and alphas are chunked
-                to it.
+            max_elements: Bound on the elements of each temporary: the
+                ``(b, m, NK)`` exponentials, the ``(b, m, N)`` cache logits
+                and the ``(a, b, m, N)`` logits, for ``b`` betas, ``a``
+                alphas and ``m`` samples at a time, chunked to it (at least
+                one sample and one point). The peak memory of a call is
+                about ``4 * 3 * max_elements`` bytes above its inputs.
 
         Returns:
             int64 ``(nb, na)`` on the CPU.
@@ -131,31 +139,107 @@ class KeyValueCache(nn.Module):
         values = self.values if values is None else values
         if affinity is None:
             affinity = self.affinity(feats)
-        distance = 1 - affinity  # (M, NK)
+        sums = ClassSums(values)
+        # exp(-beta * (1 - A)) = exp(beta * (A - 1)), keys in sums' order
+        shifted = sums.arrange(affinity) - 1  # (M, NK)
         betas = betas.to(feats.device, torch.float32)
         alphas = alphas.to(feats.device, torch.float32)
-        num, num_keys = distance.shape
+        labels = labels.to(feats.device)
+        num, num_keys = shifted.shape
         num_classes = values.shape[1]
-        beta_chunk = max(1, min(len(betas), max_elements //
-                                max(num * max(num_keys, num_classes), 1)))
+        widest = max(num_keys, num_classes, 1)
+        rows = max(1, min(num, max_elements // widest))
+        beta_chunk = max(1, min(len(betas),
+                                max_elements // (rows * widest)))
         alpha_chunk = max(1, min(len(alphas), max_elements //
-                                 max(beta_chunk * num * num_classes, 1)))
-        correct = torch.empty(len(betas), len(alphas), dtype=torch.int64)
-        for b0 in range(0, len(betas), beta_chunk):
-            beta = betas[b0:b0 + beta_chunk, None, None]  # (b, 1, 1)
-            # One (b, M, NK) temporary: exponentiate in place.
-            cache = (distance * -beta).exp_() @ values  # (b, M, N)
-            for a0 in range(0, len(alphas), alpha_chunk):
-                alpha = alphas[a0:a0 + alpha_chunk, None, None, None]
-                if base_logits is None:
-                    logits = alpha * cache
-                else:
-                    # base + alpha * cache without a second (a, b, M, N)
-                    logits = torch.addcmul(base_logits, alpha, cache)
-                correct[b0:b0 + beta_chunk, a0:a0 + alpha_chunk] = top1_hits(
-                    logits, labels).t().cpu()
-        return correct
+                                 max(beta_chunk * rows * num_classes, 1)))
+        correct = torch.zeros(len(betas), len(alphas), dtype=torch.int64,
+                              device=feats.device)
+        for r0 in range(0, num, rows):
+            block = shifted[r0:r0 + rows]
+            block_labels = labels[r0:r0 + rows]
+            base = None if base_logits is None else base_logits[r0:r0 + rows]
+            for b0 in range(0, len(betas), beta_chunk):
+                beta = betas[b0:b0 + beta_chunk, None, None]  # (b, 1, 1)
+                # One (b, m, NK) temporary, exponentiated in place.
+                cache = sums(torch.mul(block, beta).exp_())  # (b, m, N)
+                for a0 in range(0, len(alphas), alpha_chunk):
+                    alpha = alphas[a0:a0 + alpha_chunk, None, None, None]
+                    if base is None:
+                        logits = alpha * cache
+                    else:
+                        # base + alpha * cache: one (a, b, m, N) temporary
+                        logits = torch.addcmul(base, alpha, cache)
+                    correct[b0:b0 + beta_chunk,
+                            a0:a0 + alpha_chunk] += top1_hits(
+                                logits, block_labels).t()
+        return correct.cpu()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         resize_from_state_dict(self, state_dict, prefix, ('keys', 'values'))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class ClassSums:
+    """``x @ values`` over the last dimension of ``x`` ``(..., NK)``, for
+    cache values ``(NK, N)``.
+
+    One-hot values (every row a single 1) make the product the sum of each
+    class's entries: with ``K`` keys in every class the keys are arranged
+    shot-major (:meth:`arrange`: column ``k * N + n`` is class ``n``'s
+    ``k``-th key) and summed over the ``K`` axis; unequal classes are summed
+    with ``index_add_``; any other values keep the matmul. The sums add the
+    same terms as the matmul, in another order (equal up to float
+    rounding).
+
+    Args:
+        values: ``(NK, N)``.
+    """
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values
+        self.num_classes = values.shape[1]
+        self.key_labels: Optional[torch.Tensor] = None
+        self.order: Optional[torch.Tensor] = None
+        self.shots: Optional[int] = None
+        if not is_one_hot(values):
+            return
+        self.key_labels = values.argmax(dim=1)
+        counts = torch.bincount(self.key_labels, minlength=self.num_classes)
+        if len(values) and bool((counts == counts[0]).all()) and counts[0]:
+            self.shots = int(counts[0])
+            # stable sort by class, then read shot-major: k * N + n
+            by_class = torch.argsort(self.key_labels, stable=True)
+            self.order = by_class.view(self.num_classes, self.shots).t(
+            ).reshape(-1)
+
+    @property
+    def mode(self) -> str:
+        """'equal' (reshape and sum), 'unequal' (index_add_) or 'matmul'."""
+        if self.shots is not None:
+            return 'equal'
+        return 'matmul' if self.key_labels is None else 'unequal'
+
+    def arrange(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(..., NK)`` with its keys in the order :meth:`__call__`
+        expects (a copy when reordered)."""
+        if self.order is None:
+            return x
+        return x.index_select(-1, self.order.to(x.device))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., NK)`` arranged by :meth:`arrange` -> ``(..., N)``."""
+        if self.shots is not None:
+            return x.unflatten(-1, (self.shots, self.num_classes)).sum(-2)
+        if self.key_labels is None:
+            return x @ self.values.to(x.dtype)
+        out = x.new_zeros(x.shape[:-1] + (self.num_classes, ))
+        return out.index_add_(x.dim() - 1, self.key_labels.to(x.device), x)
+
+
+def is_one_hot(values: torch.Tensor) -> bool:
+    """Whether every row of ``values`` ``(NK, N)`` is a single 1 and 0s."""
+    if values.dim() != 2 or not values.numel():
+        return False
+    return bool(((values == 0) | (values == 1)).all()
+                and (values.sum(dim=1) == 1).all())
