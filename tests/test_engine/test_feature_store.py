@@ -2,6 +2,7 @@
 (truncated, damaged, from another encoder, written twice at once) detected,
 named, set aside and never used."""
 import json
+import logging
 import multiprocessing as mp
 import os
 import subprocess
@@ -205,3 +206,83 @@ few_shot_cfg = dict(augment_epoch=2, feature_dir={str(tmp_path / 'store')!r})
     assert [p.split('_')[0] for p in store if p.endswith('.pth')] == [
         'support', 'test', 'val'
     ]
+
+
+# -- reading through memory mapping ------------------------------------------
+def _mapped_files(tensor):
+    """The files of /proc/self/maps whose mapping holds ``tensor``'s data."""
+    ptr, files = tensor.data_ptr(), []
+    with open('/proc/self/maps') as f:
+        for line in f:
+            fields = line.split()
+            start, end = (int(a, 16) for a in fields[0].split('-'))
+            if start <= ptr < end and len(fields) >= 6:
+                files.append(fields[5])
+    return files
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'),
+                    reason='reads /proc/self/maps')
+def test_mmap_read_equals_a_read_and_maps_the_file(tmp_path):
+    store = FeatureStore(str(tmp_path))
+    data = features(num=300, dims=(64, 32))
+    path = store.save('test', DESCRIPTION, data)
+    mapped = read_features(path, DESCRIPTION, mmap=True)
+    assert_same(mapped, read_features(path, DESCRIPTION))
+    assert_same(mapped, data)
+    assert_same(store.load('test', DESCRIPTION, mmap=True), data)
+    # The tensors are views of the file's pages, not copies.
+    for tensor in mapped.feats + (mapped.labels, ):
+        assert _mapped_files(tensor) == [path]
+    for tensor in read_features(path).feats:
+        assert _mapped_files(tensor) != [path]
+
+
+def test_mmap_read_rejects_damaged_tensor_bytes(tmp_path):
+    store = FeatureStore(str(tmp_path))
+    data = features(num=50, dims=(64, ))
+    path = store.save('test', DESCRIPTION, data)
+    raw = bytearray(open(path, 'rb').read())
+    at = raw.find(data.feats[0][33].numpy().tobytes())
+    assert at > 0
+    raw[at + 2] ^= 0x01
+    open(path, 'wb').write(bytes(raw))
+    with pytest.raises(StoredFeaturesError, match='digest') as err:
+        read_features(path, DESCRIPTION, mmap=True)
+    assert path in str(err.value)
+    assert store.load('test', DESCRIPTION, mmap=True) is None
+    assert len(_rejected(path)) == 1
+
+
+def test_mmap_read_names_a_truncated_file(tmp_path):
+    store = FeatureStore(str(tmp_path))
+    path = store.save('test', DESCRIPTION, features(num=100))
+    with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) - 100)
+    with pytest.raises(StoredFeaturesError, match='truncated') as err:
+        read_features(path, DESCRIPTION, mmap=True)
+    assert path in str(err.value)
+
+
+def test_unmappable_file_is_read_with_a_note(tmp_path, monkeypatch):
+    """torch's old (non-zip) format cannot be memory-mapped: the entry is
+    read instead, verified as usual, and a warning names the file."""
+    from tip_adapter_mm.engine import feature_store
+    notes = []
+    monkeypatch.setattr(feature_store, 'print_log',
+                        lambda msg, **kwargs: notes.append((msg, kwargs)))
+    data = features(num=20)
+    path = str(tmp_path / 'old_format.pth')
+    torch.save(
+        dict(format=FORMAT,
+             description=feature_store.description_text(DESCRIPTION),
+             digest=feature_store.tensor_digest(data), labels=data.labels,
+             feats=list(data.feats)), path,
+        _use_new_zipfile_serialization=False)
+    assert_same(read_features(path, DESCRIPTION, mmap=True), data)
+    assert len(notes) == 1
+    assert f'{path!r} could not be memory-mapped' in notes[0][0]
+    assert notes[0][1]['level'] == logging.WARNING
+    # A plain read of the same file says nothing.
+    assert_same(read_features(path, DESCRIPTION), data)
+    assert len(notes) == 1

@@ -16,6 +16,11 @@ class StoredFeaturesDataset:
     ``feats`` key is what tells the data preprocessor and the classifier
     that these are features, not images.
 
+    The tensors are used as they are when they are float32 features and
+    int64 labels (as the feature store writes them): no copy is made, so
+    features read through memory mapping stay shared between processes, and
+    an item's features are views of their rows.
+
     Args:
         features: The split's features (row ``i`` is sample ``i``).
         metainfo (dict, optional): The image dataset's (class names).
@@ -70,12 +75,18 @@ class CachedViewsDataset(StoredFeaturesDataset):
         num_views (int, optional): V. Filled in likewise.
         classes (sequence of str, optional): Class names, for
             ``metainfo``.
+        mmap (bool): Read the file through memory mapping
+            (:func:`~tip_adapter_mm.engine.feature_store.read_features`), so
+            that the processes of one machine (the ranks of a distributed
+            run) share one copy of the views instead of holding one each.
+            Defaults to True.
     """
 
     def __init__(self,
                  views_file: Optional[str] = None,
                  num_views: Optional[int] = None,
-                 classes: Optional[Sequence[str]] = None) -> None:
+                 classes: Optional[Sequence[str]] = None,
+                 mmap: bool = True) -> None:
         from ..engine.feature_store import read_features
         if views_file is None or num_views is None:
             raise ValueError(
@@ -83,7 +94,7 @@ class CachedViewsDataset(StoredFeaturesDataset):
                 "FewShotTrainLoop (train_cfg type='FewShotTrainLoop') fills "
                 'them in with the views the cache was built from. Use it, or '
                 'give both explicitly.')
-        features = read_features(views_file)
+        features = read_features(views_file, mmap=mmap)
         super().__init__(features, dict(classes=tuple(classes or ())))
         self.num_views = int(num_views)
         if len(self) % self.num_views:

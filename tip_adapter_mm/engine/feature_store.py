@@ -14,6 +14,14 @@ which fails if another process got there first (its file is kept). Writers
 of the same entry also take a lock (``<name>_<key>.lock``), so that a second
 process waits for the first and then reads its file instead of encoding the
 same images again.
+
+Entries can be read through memory mapping (``read_features(...,
+mmap=True)``): the tensors then live in the file's pages of the operating
+system's page cache, mapped copy-on-write into the process, so that all the
+processes of one machine that read one entry (the ranks of a distributed
+run) share a single copy of it instead of holding one each. A process that
+wrote into such a tensor would get a private copy of the page it wrote; the
+file never changes.
 """
 import contextlib
 import hashlib
@@ -74,25 +82,32 @@ def tensor_digest(features: EncodedFeatures) -> str:
 
 
 def read_features(path: str,
-                  description: Optional[Dict[str, Any]] = None
-                  ) -> EncodedFeatures:
+                  description: Optional[Dict[str, Any]] = None,
+                  mmap: bool = False) -> EncodedFeatures:
     """Read and verify an entry file.
 
     Args:
         path: The ``.pth`` file.
         description: What it must hold; None accepts any description.
+        mmap: Map the file into memory instead of reading it: the tensors
+            are views of the page cache, shared by every process that maps
+            the same file (see the module). The digest is still checked
+            (reading every byte once, through the shared pages). Where the
+            file cannot be mapped (a filesystem without memory mapping, a
+            file in torch's old non-zip format), it is read as with
+            ``mmap=False`` and a note says so.
+
+    Returns:
+        EncodedFeatures: one ``(S, C_e)`` float tensor per visual encoder
+        and the ``(S, )`` labels, as stored (no copies are made of the
+        mapped tensors).
 
     Raises:
         StoredFeaturesError: unreadable (truncated, not a torch file), not
             this package's layout, a description other than ``description``,
             or tensors that do not match their digest.
     """
-    try:
-        data = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # truncated zip, garbage, foreign pickle...
-        raise StoredFeaturesError(
-            path, f'it does not load ({type(err).__name__}: {err}); the file '
-            'is truncated or damaged.') from err
+    data = _load_file(path, mmap)
     if not isinstance(data, dict) or data.get('format') != FORMAT:
         found = data.get('format') if isinstance(data, dict) else type(
             data).__name__
@@ -116,6 +131,30 @@ def read_features(path: str,
             path, 'its tensors do not match their digest: the file was '
             'damaged after it was written.')
     return features
+
+
+def _load_file(path: str, mmap: bool) -> Any:
+    """``torch.load`` of an entry (weights only, on the CPU), memory-mapped
+    if ``mmap`` and possible, else read."""
+    if mmap:
+        try:
+            return torch.load(path, map_location='cpu', weights_only=True,
+                              mmap=True)
+        except Exception as err:  # not mappable, or damaged: try a read
+            mmap_error = err
+    try:
+        data = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # truncated zip, garbage, foreign pickle...
+        raise StoredFeaturesError(
+            path, f'it does not load ({type(err).__name__}: {err}); the file '
+            'is truncated or damaged.') from err
+    if mmap:
+        print_log(
+            f'Stored features {path!r} could not be memory-mapped '
+            f'({type(mmap_error).__name__}: {mmap_error}); they were read '
+            'into this process\'s memory instead (one copy per process).',
+            logger='current', level=logging.WARNING)
+    return data
 
 
 def _difference(found: Any, expected: str) -> str:
@@ -152,16 +191,17 @@ class FeatureStore:
         """The entry file of ``description`` under ``name`` (e.g. 'test')."""
         return osp.join(self.root, f'{name}_{self.key(description)}.pth')
 
-    def load(self, name: str,
-             description: Dict[str, Any]) -> Optional[EncodedFeatures]:
+    def load(self, name: str, description: Dict[str, Any],
+             mmap: bool = False) -> Optional[EncodedFeatures]:
         """The stored features of ``description``; None when there are none
         or the file cannot be used (then it is renamed aside with a
-        warning naming it, and the caller encodes again)."""
+        warning naming it, and the caller encodes again). ``mmap``: see
+        :func:`read_features`."""
         path = self.path(name, description)
         if not osp.isfile(path):
             return None
         try:
-            return read_features(path, description)
+            return read_features(path, description, mmap=mmap)
         except StoredFeaturesError as err:
             aside = self._set_aside(path)
             print_log(f'{err} It was renamed to {aside!r} and the features '
