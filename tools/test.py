@@ -1,7 +1,8 @@
 """Evaluate a config (training-free Tip-Adapter needs no checkpoint).
 
     python tools/test.py CONFIG [CHECKPOINT] [--work-dir DIR] [--out F.pkl]
-        [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
+        [--precision {fp32,fp16,bf16}] [--cfg-options k=v ...]
+        [--launcher {none,pytorch,slurm,mpi}]
 """
 import argparse
 import os
@@ -28,6 +29,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--out', help='the file to dump predictions to (.pkl)')
     parser.add_argument(
+        '--precision',
+        choices=['fp32', 'fp16', 'bf16'],
+        help='encode the images in this precision (few_shot_cfg.precision; '
+        "fp16 on a GPU, bf16 on the CPU); default: the config's")
+    parser.add_argument(
         '--save-model',
         metavar='PATH',
         help='after testing, save the adapted model (cache, zero-shot '
@@ -48,6 +54,10 @@ def main() -> None:
     cfg = load_config(args)
     if args.checkpoint is not None:
         cfg.load_from = args.checkpoint
+    if args.precision is not None:
+        if cfg.get('few_shot_cfg') is None:
+            cfg.few_shot_cfg = dict()
+        cfg.few_shot_cfg.precision = args.precision
     # Only testing: no train loop, optimizer or schedule is built.
     for key in ('train_dataloader', 'train_cfg', 'optim_wrapper',
                 'param_scheduler'):

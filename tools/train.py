@@ -1,12 +1,14 @@
 """Train (Tip-Adapter-F) with MMEngine's Runner, then test the result.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
-        [--no-test] [--cfg-options k=v ...]
+        [--precision {fp32,fp16,bf16}] [--no-test] [--cfg-options k=v ...]
         [--launcher {none,pytorch,slurm,mpi}]
 """
 import argparse
 
 from mmengine.config import Config
+from mmengine.device import get_device
+from mmengine.logging import print_log
 
 from tip_adapter_mm.utils import teardown_distributed
 from tip_adapter_mm.utils.cli import add_common_args, build_runner, load_config
@@ -26,6 +28,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--amp', action='store_true', help='automatic mixed precision (GPU)')
     parser.add_argument(
+        '--precision',
+        choices=['fp32', 'fp16', 'bf16'],
+        help='encode in this precision (few_shot_cfg.precision) and, for '
+        "fp16/bf16, train with MMEngine's AmpOptimWrapper in that dtype "
+        '(on a GPU; on the CPU only the encoding changes). Default: the '
+        "config's precision, and --amp's training precision")
+    parser.add_argument(
         '--no-test',
         action='store_true',
         help='do not evaluate the final (best, searched) model on the test '
@@ -42,12 +51,41 @@ def apply_train_args(cfg: Config, args: argparse.Namespace) -> Config:
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if getattr(args, 'precision', None) is not None:
+        apply_precision(cfg, args.precision)
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
+    return cfg
+
+
+#: ``--precision`` -> AmpOptimWrapper's ``dtype``.
+AMP_DTYPES = {'fp16': 'float16', 'bf16': 'bfloat16'}
+
+
+def apply_precision(cfg: Config, precision: str) -> Config:
+    """``--precision``: the encoding precision (``few_shot_cfg.precision``)
+    and, for fp16/bf16, MMEngine's ``AmpOptimWrapper`` with that ``dtype``
+    for training. MMEngine's AmpOptimWrapper refuses to run without a GPU
+    (or NPU, MLU, MUSA): on the CPU the training stays fp32, said so."""
+    if cfg.get('few_shot_cfg') is None:
+        cfg.few_shot_cfg = dict()
+    cfg.few_shot_cfg.precision = precision
+    if precision == 'fp32':
+        return cfg
+    if get_device() in ('cpu', 'mps'):
+        print_log(
+            f'--precision {precision}: the features are encoded in '
+            f"{precision}; training stays fp32 (MMEngine's AmpOptimWrapper "
+            'needs a GPU, NPU, MLU or MUSA device).',
+            logger='current')
+        return cfg
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.dtype = AMP_DTYPES[precision]
+    cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     return cfg
 
 

@@ -15,7 +15,8 @@ from ..datasets.class_names import check_class_names
 from ..datasets.few_shot import holdout_indices
 from ..datasets.stored_features import StoredFeaturesDataset
 from ..structures import EncodedFeatures
-from .feature_extraction import dataset_fingerprint, extract_features
+from .feature_extraction import (dataset_fingerprint, extract_features,
+                                 model_device, precision_dtype)
 from .feature_store import FeatureStore, describe_checkpoint, read_features
 
 #: Model config keys that determine the visual features.
@@ -73,18 +74,44 @@ def _describe_weights(module_cfg: Any) -> Any:
     return module_cfg
 
 
-def encoder_description(model_cfg: Optional[dict]) -> dict:
+def encoder_description(model_cfg: Optional[dict],
+                        precision: str = 'fp32') -> dict:
     """What determines the visual features besides the data: the configs of
     the visual encoder(s) and of the preprocessor, each local weight file
-    with its size and mtime. The head and the text tower are not part of
-    it: every method on the same encoders shares the same features."""
+    with its size and mtime, and the precision they encode in
+    (``few_shot_cfg.precision``: features of different precisions are
+    different entries). The head and the text tower are not part of it:
+    every method on the same encoders shares the same features."""
+    precision_dtype(precision)  # a clear error for an unknown one
     model_cfg = copy.deepcopy(dict(model_cfg or {}))
     description = {
         key: _describe_weights(model_cfg.get(key))
         for key in ENCODER_KEYS if model_cfg.get(key) is not None
     }
     description.setdefault('data_preprocessor', None)
+    description['precision'] = precision
     return description
+
+
+def encoding_loader_cfg(loader_cfg: dict, pin_memory: bool,
+                        prefetch_factor: int = 4) -> dict:
+    """A config's image loader set up for one encoding pass: in order
+    (``DefaultSampler(shuffle=False)``), ``pin_memory`` as given (True
+    when the encoders run on a CUDA device, so that the copies to it are
+    asynchronous), and with workers (``num_workers > 0``) each preparing
+    ``prefetch_factor`` batches ahead (unless the config says how many);
+    the workers end with the pass (``persistent_workers=False``: the loader
+    is read once)."""
+    cfg = dict(loader_cfg,
+               sampler=dict(type='DefaultSampler', shuffle=False),
+               pin_memory=bool(pin_memory))
+    if int(cfg.get('num_workers', 0)) > 0:
+        cfg.setdefault('prefetch_factor', prefetch_factor)
+        cfg['persistent_workers'] = False
+    else:
+        cfg.pop('prefetch_factor', None)
+        cfg['persistent_workers'] = False
+    return cfg
 
 
 class FewShotBuilder:
@@ -125,13 +152,21 @@ class FewShotBuilder:
             ``'reference_test'`` the TEST split, as the public reference
             code does (optimistically biased; logged as such). No other
             protocol ever reads the test split for a choice.
+        precision (str): What the encoders compute in (docs/precision.md):
+            ``'fp32'``; ``'fp16'`` or ``'bf16'``: under ``torch.autocast``
+            on the model's device (on the CPU, bf16). Features are stored
+            as float32 either way, under entries of their own precision.
+        channels_last (bool): Encode in ``torch.channels_last`` memory
+            format (conv towers on GPUs; harmless on a ViT).
     """
 
     def __init__(self,
                  augment_epoch: int = 10,
                  feature_dir: Optional[str] = None,
                  seed: Optional[int] = None,
-                 protocol: str = 'val') -> None:
+                 protocol: str = 'val',
+                 precision: str = 'fp32',
+                 channels_last: bool = False) -> None:
         if int(augment_epoch) < 1:
             raise ValueError(f'few_shot_cfg.augment_epoch must be >= 1, got '
                              f'{augment_epoch}.')
@@ -142,6 +177,9 @@ class FewShotBuilder:
         self.feature_dir = feature_dir
         self.seed = seed
         self.protocol = protocol
+        precision_dtype(precision)  # fails now, naming the key
+        self.precision = precision
+        self.channels_last = bool(channels_last)
         #: Image paths of the few-shot set, once :meth:`build_cache` read it.
         self._shot_paths: Optional[frozenset] = None
         #: Class names of the few-shot set the head was fitted on, once
@@ -235,7 +273,8 @@ class FewShotBuilder:
             fewshot, 'seed', runner.seed)
         description = dict(
             kind='augmented_views',
-            encoder=encoder_description(runner.cfg.get('model')),
+            encoder=encoder_description(runner.cfg.get('model'),
+                                        self.precision),
             dataset=loader_cfg['dataset'],
             samples=dataset_fingerprint(fewshot),
             num_views=self.augment_epoch,
@@ -243,8 +282,7 @@ class FewShotBuilder:
 
         def loader() -> DataLoader:
             return runner.build_dataloader(
-                dict(loader_cfg,
-                     sampler=dict(type='DefaultSampler', shuffle=False),
+                dict(self._encoding_loader_cfg(runner, loader_cfg),
                      dataset=dict(type='AugmentedViewsDataset',
                                   dataset=fewshot,
                                   num_views=self.augment_epoch, seed=seed)),
@@ -270,26 +308,36 @@ class FewShotBuilder:
             runner: The runner.
             split: 'val' or 'test'.
             dataloader: The split's image loader if one is built already
-                (the loops'); else it is built from the config.
+                (the loops'): its dataset is encoded (by a loader set up
+                for encoding, :func:`encoding_loader_cfg`); else the
+                dataset is built from the config.
         """
         if split in self._features:
             return self._features[split]
         loader_cfg = self._loader_cfg(runner, split)
         if dataloader is None:
-            dataloader = runner.build_dataloader(
-                dict(loader_cfg,
-                     sampler=dict(type='DefaultSampler', shuffle=False)),
-                seed=runner.seed)
-        dataset = dataloader.dataset
+            dataset = DATASETS.build(loader_cfg['dataset'])
+            if hasattr(dataset, 'full_init'):  # as Runner.build_dataloader
+                dataset.full_init()
+        else:
+            dataset = dataloader.dataset
         self._split_classes[split] = dataset.metainfo.get('classes')
         self._check_classes(self._split_classes[split], split)
         description = dict(
             kind='features',
-            encoder=encoder_description(runner.cfg.get('model')),
+            encoder=encoder_description(runner.cfg.get('model'),
+                                        self.precision),
             dataset=loader_cfg['dataset'],
             samples=dataset_fingerprint(dataset))
+
+        def loader() -> DataLoader:
+            return runner.build_dataloader(
+                dict(self._encoding_loader_cfg(runner, loader_cfg),
+                     dataset=dataset),
+                seed=runner.seed)
+
         features, _ = self._load_or_encode(runner, split, description,
-                                           lambda: dataloader,
+                                           loader,
                                            f'{len(dataset)} {split} images')
         paths = _image_paths(dataset)
         per_class = PROTOCOLS[self.protocol][1]
@@ -401,10 +449,12 @@ class FewShotBuilder:
                 features = (found[0] if rank == 0 else read_features(
                     path, description))
             else:
-                runner.logger.info(f'Encoding {what}.')
+                runner.logger.info(f'Encoding {what} ({self.precision}).')
                 model = unwrap(runner.model)
                 model.init_weights()
-                features = extract_features(model, make_loader())
+                features = extract_features(model, make_loader(),
+                                            self.precision,
+                                            self.channels_last)
                 if rank == 0:
                     store.save(name, description, features)
                     runner.logger.info(f'Saved them to {path}.')
@@ -413,6 +463,12 @@ class FewShotBuilder:
         return features, path
 
     # -- configs and checks --------------------------------------------------
+    def _encoding_loader_cfg(self, runner, loader_cfg: dict) -> dict:
+        """:func:`encoding_loader_cfg` of a split's loader config, pinned
+        when the encoders run on a CUDA device."""
+        cuda = model_device(unwrap(runner.model)).type == 'cuda'
+        return encoding_loader_cfg(loader_cfg, pin_memory=cuda)
+
     def _protocol_hint(self, split: str) -> str:
         if split != self.selection_split:
             return ''

@@ -15,6 +15,11 @@ few_shot_cfg = dict(
     # values, last epoch). The test split is never used to choose, unless
     # 'reference_test' (the public reference code's protocol) is named.
     protocol='val',
+    # What the encoders compute in (docs/precision.md): 'fp32', 'fp16' (on
+    # a GPU, as the reference code) or 'bf16' (on the CPU). Features are
+    # stored as float32 under entries of their own precision.
+    precision='fp32',
+    channels_last=False,  # conv towers (RN50) on GPUs; harmless on a ViT
 )
 
 # Validation and test run on the stored features of their split: each image
