@@ -3,14 +3,14 @@ into each process vs memory-mapped and shared, for 1 and 2 processes.
 
 A synthetic views file is written with the package's own writer
 (``FeatureStore.save``): ``--classes x --shots`` images, ``--views``
-augmented views each, ``--dim`` float32 features (the defaults give 328 MB;
-ImageNet at 16 shots is ``--classes 1000 --dim 1024``, 655 MB). Then, for
-``mmap=False`` (every process reads its own copy, as before) and
+augmented views each, ``--dim`` float32 features (the defaults give 313 MiB;
+ImageNet at 16 shots is ``--classes 1000``: 626 MiB, 655 million bytes).
+Then, for ``mmap=False`` (every process reads its own copy, as before) and
 ``mmap=True`` (``CachedViewsDataset``'s default), 1 and 2 processes
 (spawned, joined by a gloo process group as the ranks of a distributed run
-are) each build ``CachedViewsDataset`` from the file and train-read it for
-``--epochs`` epochs as Tip-Adapter-F does: ``ViewCyclingSampler``, a
-``DataLoader`` of ``--global-batch-size // processes`` samples with
+are) each build ``CachedViewsDataset`` from the file and read it for
+``--epochs`` epochs as Tip-Adapter-F's training does: ``ViewCyclingSampler``,
+a ``DataLoader`` of ``--global-batch-size // processes`` samples with
 ``pseudo_collate``, and ``FeatureOrImageDataPreprocessor`` stacking each
 batch.
 
@@ -30,10 +30,18 @@ The summary compares the totals over the ranks: with memory mapping, two
 processes' private memory of the views is not twice one process's, and each
 rank's PSS is about half of one process's.
 
+Reading the numbers: RSS counts shared pages in full, so it is the same
+either way; PSS sums over the processes to what the machine holds. A single
+process that maps the file has its pages as private (``Private_Clean``: page
+cache that nobody else maps, which the kernel can drop and read again), not
+as anonymous memory; the anonymous column shows the copies. The load and
+epoch times are for information only (other processes on the machine
+distort them), not a target.
+
 Usage::
 
-    python benchmarks/bench_shared_views.py            # 328 MB, ~1 min
-    python benchmarks/bench_shared_views.py --classes 1000   # ImageNet size
+    python benchmarks/bench_shared_views.py            # 313 MiB, ~2 min
+    python benchmarks/bench_shared_views.py --classes 1000   # ImageNet
 """
 import argparse
 import gc
@@ -48,7 +56,7 @@ from typing import Dict, List, Optional, Sequence
 
 from common import add_out_arg, cpu_model, new_parser, write_json
 
-MB = 2**20
+MIB = 2**20
 #: Fields of /proc/self/smaps_rollup that the benchmark keeps (kB).
 ROLLUP = ('Rss', 'Pss', 'Private_Clean', 'Private_Dirty', 'Shared_Clean',
           'Shared_Dirty', 'Anonymous')
@@ -230,38 +238,39 @@ def summarise(runs: List[dict], file_size: int) -> dict:
                 total_pss_2_over_1=two['total_pss'] / max(one['total_pss'], 1),
                 pss_per_rank_2_over_1=(two['pss_per_rank']
                                        / max(one['pss_per_rank'], 1)))
-    return dict(file_mb=file_size / MB, groups=list(groups.values()),
+    return dict(file_mib=file_size / MIB, groups=list(groups.values()),
                 ratios=ratios)
 
 
 def print_table(runs: List[dict], summary: dict, machine: dict) -> None:
     """A Markdown table per rank, then the totals and ratios."""
     print(f'\nMachine: {machine["cpu"]}, {machine["cores"]} cores, '
-          f'{machine["memory_gb"]:.0f} GB; torch {machine["torch"]}. '
-          f'Views file: {summary["file_mb"]:.0f} MB.\n')
-    print('| read | processes | rank | load s | epoch s | peak RSS MB | '
-          'RSS MB | PSS MB | USS MB | anon MB | peak PSS MB | peak USS MB |')
+          f'{machine["memory_gb"]:.0f} GiB; torch {machine["torch"]}. '
+          f'Views file: {summary["file_mib"]:.0f} MiB.\n')
+    print('| read | processes | rank | load s | epoch s | peak RSS MiB | '
+          'RSS MiB | PSS MiB | USS MiB | anon MiB | peak PSS MiB | '
+          'peak USS MiB |')
     print('|---|---|---|---|---|---|---|---|---|---|---|---|')
     for r in runs:
         print(f'| {"mmap" if r["mmap"] else "read"} | {r["processes"]} | '
               f'{r["rank"]} | {r["load_s"]:.2f} | {r["epoch_s"]:.2f} | '
-              + ' | '.join(f'{r[k] / MB:.0f}' for k in (
+              + ' | '.join(f'{r[k] / MIB:.0f}' for k in (
                   'peak_rss', 'rss', 'pss', 'uss', 'anonymous', 'peak_pss',
                   'peak_uss')) + ' |')
-    print('\n| read | processes | total USS MB | total PSS MB | '
-          'PSS per rank MB | total anon MB |')
+    print('\n| read | processes | total USS MiB | total PSS MiB | '
+          'PSS per rank MiB | total anon MiB |')
     print('|---|---|---|---|---|---|')
     for g in summary['groups']:
         print(f'| {"mmap" if g["mmap"] else "read"} | {g["processes"]} | '
-              f'{g["total_uss"] / MB:.0f} | {g["total_pss"] / MB:.0f} | '
-              f'{g["pss_per_rank"] / MB:.0f} | '
-              f'{g["total_anonymous"] / MB:.0f} |')
+              f'{g["total_uss"] / MIB:.0f} | {g["total_pss"] / MIB:.0f} | '
+              f'{g["pss_per_rank"] / MIB:.0f} | '
+              f'{g["total_anonymous"] / MIB:.0f} |')
     for name, r in summary['ratios'].items():
         print(f'\n{name}: 2 processes / 1 process: total USS '
               f'{r["total_uss_2_over_1"]:.2f}x, total PSS '
               f'{r["total_pss_2_over_1"]:.2f}x, PSS per rank '
               f'{r["pss_per_rank_2_over_1"]:.2f}x')
-    print('(MB = 2^20 bytes, each relative to the rank\'s memory before it '
+    print('(MiB = 2^20 bytes; each relative to the rank\'s memory before it '
           'read the file; RSS/PSS/USS while all ranks hold the dataset.)')
 
 
@@ -287,7 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         start = time.perf_counter()
         views_file = write_views(work, args)
         size = os.path.getsize(views_file)
-        print(f'Wrote {views_file} ({size / MB:.0f} MB) in '
+        print(f'Wrote {views_file} ({size / MIB:.0f} MB) in '
               f'{time.perf_counter() - start:.1f} s.')
         gc.collect()
         runs = []

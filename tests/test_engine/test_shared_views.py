@@ -5,6 +5,7 @@ one views file share its pages (memory accounting of
 import gc
 import multiprocessing as mp
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,3 +140,39 @@ def test_two_processes_share_the_mapped_views(tmp_path):
         # Read, each process holds a private copy.
         assert read['private'] > 0.9 * size
         assert read['pss'] > 0.9 * size
+
+
+def test_benchmark_memory_and_summary():
+    """benchmarks/bench_shared_views.py: its reading of smaps_rollup and its
+    totals and ratios, against this file's reader and hand sums (the full
+    benchmark spawns six processes: run it by hand)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] /
+                           'benchmarks'))
+    try:
+        import bench_shared_views as bench
+    finally:
+        sys.path.pop(0)
+    ours, theirs = memory(), bench.memory()
+    assert abs(theirs['Uss'] - ours['private']) < 16 * 2**20
+    assert abs(theirs['Pss'] - ours['pss']) < 16 * 2**20
+    assert theirs['VmHWM'] >= theirs['Rss'] > 0
+
+    def run(mmap, processes, rank, uss, pss):
+        return dict(mmap=mmap, processes=processes, rank=rank, uss=uss,
+                    pss=pss, anonymous=uss if not mmap else 1,
+                    peak_rss=100)
+
+    runs = [run(False, 1, 0, 100, 100), run(False, 2, 0, 100, 100),
+            run(False, 2, 1, 100, 100), run(True, 1, 0, 100, 100),
+            run(True, 2, 0, 2, 50), run(True, 2, 1, 2, 50)]
+    summary = bench.summarise(runs, 200 * 2**20)
+    assert summary['file_mib'] == 200
+    ratios = summary['ratios']
+    assert ratios['read'] == dict(total_uss_2_over_1=2.0,
+                                  total_pss_2_over_1=2.0,
+                                  pss_per_rank_2_over_1=1.0)
+    assert ratios['mmap'] == dict(total_uss_2_over_1=0.04,
+                                  total_pss_2_over_1=1.0,
+                                  pss_per_rank_2_over_1=0.5)
+    two = [g for g in summary['groups'] if g['mmap'] and g['processes'] == 2]
+    assert two[0]['total_anonymous'] == 2 and two[0]['pss_per_rank'] == 50
