@@ -9,6 +9,7 @@ train (the trained heads, 2 epochs), test. Searched hyperparameters and the
 test top-1 must be equal, the test scores and the head's state equal
 within float32 round-off.
 """
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -20,6 +21,7 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -334,33 +336,35 @@ def test_two_nodes_train_like_one_process(runs):
     assert node1.count('accuracy/top1') == 0  # only rank 0 logs
 
 
-# -- Slurm -------------------------------------------------------------
-FAKE_SRUN = """#!/usr/bin/env bash
-# Records what it was asked to run, one argument a line.
-printf '%s\\n' "$@" > "$SRUN_LOG"
+# -- The launch scripts' commands ----------------------------------------
+#: A stand-in for ``srun`` or ``python`` that records its arguments, one a
+#: line, and the environment variables the launch depends on.
+FAKE = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$FAKE_LOG"
 printf 'PYTHONPATH=%s\\nMASTER_PORT=%s\\n' "$PYTHONPATH" "$MASTER_PORT" \\
-    > "$SRUN_LOG.env"
+    > "$FAKE_LOG.env"
 """
 
+#: Settings the scripts read from the environment.
+SCRIPT_ENV = ('GPUS', 'GPUS_PER_NODE', 'CPUS_PER_TASK', 'SRUN_ARGS', 'PORT',
+              'MASTER_PORT', 'NNODES', 'NODE_RANK', 'MASTER_ADDR')
 
-def fake_srun(tmp_path: Path, script: str, *args: str,
-              **env: str) -> Tuple[List[str], Dict[str, str]]:
-    """Run ``tools/<script> ARGS`` with a fake ``srun`` first on PATH; the
-    arguments srun received and the environment it saw."""
+
+def fake_run(tmp_path: Path, program: str, script: str, *args: str,
+             **env: str) -> Tuple[List[str], Dict[str, str]]:
+    """Run ``tools/<script> ARGS`` with a fake ``program`` first on PATH;
+    the arguments it received and the environment it saw."""
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir(exist_ok=True)
-    srun = bin_dir / 'srun'
-    srun.write_text(FAKE_SRUN)
-    srun.chmod(0o755)
-    log = tmp_path / 'srun.log'
-    base = subprocess_env()
-    for key in ('GPUS', 'GPUS_PER_NODE', 'CPUS_PER_TASK', 'SRUN_ARGS',
-                'PORT', 'MASTER_PORT'):
-        base.pop(key, None)
+    fake = bin_dir / program
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    log = tmp_path / f'{program}.log'
+    base = {k: v for k, v in subprocess_env().items() if k not in SCRIPT_ENV}
     proc = subprocess.run(
         ['bash', osp.join('tools', script), *args], cwd=REPO,
         env=dict(base, PATH=f'{bin_dir}{os.pathsep}{base["PATH"]}',
-                 SRUN_LOG=str(log), **env),
+                 FAKE_LOG=str(log), **env),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         timeout=60)
     assert proc.returncode == 0, proc.stdout
@@ -371,11 +375,12 @@ def fake_srun(tmp_path: Path, script: str, *args: str,
 
 
 def test_slurm_train_builds_the_srun_command(tmp_path):
-    argv, env = fake_srun(
-        tmp_path, 'slurm_train.sh', 'gpu_part', 'tipf', 'configs/a b.py',
-        'work_dirs/tipf', '--cfg-options', 'train_cfg.max_epochs=3',
-        GPUS='16', GPUS_PER_NODE='8', CPUS_PER_TASK='4',
-        SRUN_ARGS='--time=2:00:00 --qos=normal', PORT='29777')
+    argv, env = fake_run(
+        tmp_path, 'srun', 'slurm_train.sh', 'gpu_part', 'tipf',
+        'configs/a b.py', 'work_dirs/tipf', '--cfg-options',
+        'train_cfg.max_epochs=3', GPUS='16', GPUS_PER_NODE='8',
+        CPUS_PER_TASK='4', SRUN_ARGS='--time=2:00:00 --qos=normal',
+        PORT='29777')
     tools = str(REPO / 'tools')
     assert argv == [
         '-p', 'gpu_part', '--job-name=tipf', '--gres=gpu:8', '--ntasks=16',
@@ -389,7 +394,8 @@ def test_slurm_train_builds_the_srun_command(tmp_path):
 
 
 def test_slurm_defaults_and_test_checkpoint(tmp_path):
-    argv, env = fake_srun(tmp_path, 'slurm_train.sh', 'p', 'j', 'c.py', 'w')
+    argv, env = fake_run(tmp_path, 'srun', 'slurm_train.sh', 'p', 'j',
+                         'c.py', 'w')
     assert argv[:8] == [
         '-p', 'p', '--job-name=j', '--gres=gpu:8', '--ntasks=8',
         '--ntasks-per-node=8', '--cpus-per-task=5', '--kill-on-bad-exit=1'
@@ -398,12 +404,47 @@ def test_slurm_defaults_and_test_checkpoint(tmp_path):
                         '--work-dir=w', '--launcher=slurm']
     assert env['MASTER_PORT'] == ''  # MMEngine's default then
     # tools/test.py: the checkpoint is optional (training-free configs).
-    argv, _ = fake_srun(tmp_path, 'slurm_test.sh', 'p', 'j', 'c.py',
-                        'w/final_searched.pth', '--out', 'o.pkl')
+    argv, _ = fake_run(tmp_path, 'srun', 'slurm_test.sh', 'p', 'j', 'c.py',
+                       'w/final_searched.pth', '--out', 'o.pkl')
     assert argv[8:] == ['python', '-u', f'{REPO}/tools/test.py', 'c.py',
                         'w/final_searched.pth', '--launcher=slurm', '--out',
                         'o.pkl']
-    argv, _ = fake_srun(tmp_path, 'slurm_test.sh', 'p', 'j', 'c.py',
-                        '--work-dir', 'w')
+    argv, _ = fake_run(tmp_path, 'srun', 'slurm_test.sh', 'p', 'j', 'c.py',
+                       '--work-dir', 'w')
     assert argv[8:] == ['python', '-u', f'{REPO}/tools/test.py', 'c.py',
                         '--launcher=slurm', '--work-dir', 'w']
+
+
+def test_dist_scripts_pass_nodes_and_checkpoint(tmp_path):
+    """tools/dist_*.sh hand NNODES, NODE_RANK, MASTER_ADDR and PORT to
+    torch.distributed.run, and dist_test.sh puts a checkpoint where
+    tools/test.py's parser takes it: before --launcher (after it, argparse
+    rejects it as an unrecognised argument)."""
+    nodes = dict(NNODES='2', NODE_RANK='1', MASTER_ADDR='10.0.0.7',
+                 PORT='29777')
+    torchrun = ['-m', 'torch.distributed.run', '--nnodes=2', '--node_rank=1',
+                '--master_addr=10.0.0.7', '--nproc_per_node=4',
+                '--master_port=29777']
+    test_argv, _ = fake_run(tmp_path, 'python', 'dist_test.sh', 'c.py', '4',
+                            'w/final_searched.pth', '--out', 'o.pkl',
+                            **nodes)
+    assert test_argv == torchrun + ['tools/test.py', 'c.py',
+                                    'w/final_searched.pth', '--launcher',
+                                    'pytorch', '--out', 'o.pkl']
+    argv, _ = fake_run(tmp_path, 'python', 'dist_test.sh', 'c.py', '4',
+                       '--work-dir', 'w', **nodes)
+    assert argv[len(torchrun):] == ['tools/test.py', 'c.py', '--launcher',
+                                    'pytorch', '--work-dir', 'w']
+    argv, _ = fake_run(tmp_path, 'python', 'dist_train.sh', 'c.py', '4',
+                       '--work-dir', 'w', **nodes)
+    assert argv == torchrun + ['tools/train.py', 'c.py', '--launcher',
+                               'pytorch', '--work-dir', 'w']
+    # tools/test.py parses what dist_test.sh passes it.
+    spec = importlib.util.spec_from_file_location('test_tool',
+                                                  REPO / 'tools' / 'test.py')
+    test_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(test_tool)
+    with mock.patch.object(sys, 'argv', test_argv[len(torchrun):]):
+        args = test_tool.parse_args()
+    assert (args.config, args.checkpoint, args.launcher, args.out) == (
+        'c.py', 'w/final_searched.pth', 'pytorch', 'o.pkl')
