@@ -83,3 +83,22 @@ def test_too_few_classes_is_a_clear_error():
         metric.process(None, samples(torch.rand(2, 3), [0, 1]))
     with pytest.raises(ValueError, match='topk must be positive'):
         StableAccuracy(topk=(0, ))
+
+
+def test_top1_hits_equals_numpy_first_maximum_with_ties():
+    """Many exact ties (small integers), rows of -inf, batched leading
+    dimensions: the count is NumPy's first-maximum argmax's."""
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        num_classes, num = rng.integers(1, 7), rng.integers(1, 9)
+        logits = rng.integers(0, 3, (3, 2, num, num_classes)).astype(
+            np.float32)
+        if trial % 3 == 0:
+            logits = rng.standard_normal(logits.shape).astype(np.float32)
+        if trial % 7 == 0:
+            logits[0, 0, 0, :] = -np.inf
+        labels = rng.integers(0, num_classes, num)
+        expected = (logits.argmax(-1) == labels).sum(-1)
+        got = top1_hits(torch.from_numpy(logits), torch.from_numpy(labels))
+        assert got.dtype == torch.int64
+        np.testing.assert_array_equal(got.numpy(), expected)

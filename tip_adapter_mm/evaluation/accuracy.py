@@ -8,6 +8,7 @@ accuracy the search reports at a grid point is the accuracy the test loop
 reports for the same logits. (MMPretrain's ``Accuracy`` ranks with
 ``torch.topk``, whose order on ties is not specified.)
 """
+import math
 from typing import List, Sequence, Union
 
 import torch
@@ -27,8 +28,26 @@ def ranked_labels(scores: torch.Tensor, k: int = 1) -> torch.Tensor:
 
 def top1_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Correct top-1 predictions of ``logits`` ``(..., M, N)`` for
-    ``labels`` ``(M, )``, summed over the samples: ``(...)`` int64."""
-    return (logits.argmax(dim=-1) == labels).sum(dim=-1)
+    ``labels`` ``(M, )``, summed over the samples: ``(...)`` int64.
+
+    A sample is a hit when its label's logit is the maximum and every
+    lower class's logit is smaller: its label is the first maximum, the
+    same answer as ``argmax(-1) == labels`` for finite (or ``-inf``)
+    logits, in two maximum reductions, which vectorise far better than
+    ``argmax`` on CPUs (the search's inner loop).
+    """
+    labels = labels.to(logits.device).long()
+    index = labels.view(-1, 1).expand(logits.shape[:-1] + (1, ))
+    own = logits.gather(-1, index).squeeze(-1)  # (..., M)
+    classes = torch.arange(logits.shape[-1], device=logits.device)
+    # 0 before each sample's label, -inf from it on: (M, N)
+    later = classes >= labels.view(-1, 1)
+    hide = torch.zeros(later.shape, dtype=logits.dtype,
+                       device=logits.device).masked_fill_(later, -math.inf)
+    earlier_max = (logits + hide).amax(dim=-1)
+    first = (earlier_max < own) | (labels == 0)  # class 0 has no earlier
+    hits = (own == logits.amax(dim=-1)) & first
+    return hits.sum(dim=-1)
 
 
 @METRICS.register_module()

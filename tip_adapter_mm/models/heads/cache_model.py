@@ -109,7 +109,8 @@ class KeyValueCache(nn.Module):
                       base_logits: Optional[torch.Tensor] = None,
                       values: Optional[torch.Tensor] = None,
                       affinity: Optional[torch.Tensor] = None,
-                      max_elements: int = 2**26) -> torch.Tensor:
+                      max_elements: int = 2**26,
+                      block_elements: int = 2**20) -> torch.Tensor:
         """Correct top-1 predictions of ``base_logits + alpha *
         cache_logits(beta)`` at every ``(beta, alpha)``, vectorised.
 
@@ -131,32 +132,45 @@ class KeyValueCache(nn.Module):
                 and the ``(a, b, m, N)`` logits, for ``b`` betas, ``a``
                 alphas and ``m`` samples at a time, chunked to it (at least
                 one sample and one point). The peak memory of a call is
-                about ``4 * 3 * max_elements`` bytes above its inputs.
+                about ``4 * 5 * min(max_elements, block_elements)`` bytes
+                above its inputs (these and the top-1 count's temporaries).
+            block_elements: The size of the blocks actually visited when
+                smaller than ``max_elements``: a speed setting (the default
+                suits CPU caches and GPUs alike), not a memory bound.
 
         Returns:
             int64 ``(nb, na)`` on the CPU.
         """
         values = self.values if values is None else values
-        if affinity is None:
-            affinity = self.affinity(feats)
         sums = ClassSums(values)
-        # exp(-beta * (1 - A)) = exp(beta * (A - 1)), keys in sums' order
-        shifted = sums.arrange(affinity) - 1  # (M, NK)
+        if affinity is None:
+            self._require_built()
+            keys = sums.arrange(self.keys.detach(), dim=0)  # (NK, C)
+            num, num_keys = len(feats), len(keys)
+        else:
+            num, num_keys = affinity.shape
         betas = betas.to(feats.device, torch.float32)
         alphas = alphas.to(feats.device, torch.float32)
         labels = labels.to(feats.device)
-        num, num_keys = shifted.shape
         num_classes = values.shape[1]
+        # Blocks of at most `block` elements: small enough to stay in the
+        # CPU's caches (fewer page faults and memory round trips), large
+        # enough to amortise the per-operation overhead.
+        block = max(1, min(int(max_elements), int(block_elements)))
         widest = max(num_keys, num_classes, 1)
-        rows = max(1, min(num, max_elements // widest))
-        beta_chunk = max(1, min(len(betas),
-                                max_elements // (rows * widest)))
-        alpha_chunk = max(1, min(len(alphas), max_elements //
+        rows = max(1, min(num, block // widest))
+        beta_chunk = max(1, min(len(betas), block // (rows * widest)))
+        alpha_chunk = max(1, min(len(alphas), block //
                                  max(beta_chunk * rows * num_classes, 1)))
         correct = torch.zeros(len(betas), len(alphas), dtype=torch.int64,
                               device=feats.device)
         for r0 in range(0, num, rows):
-            block = shifted[r0:r0 + rows]
+            # exp(-beta * (1 - A)) = exp(beta * (A - 1)), keys in sums' order
+            if affinity is None:
+                block = feats[r0:r0 + rows] @ keys.t()  # (m, NK)
+            else:
+                block = sums.arrange(affinity[r0:r0 + rows])
+            block = block - 1
             block_labels = labels[r0:r0 + rows]
             base = None if base_logits is None else base_logits[r0:r0 + rows]
             for b0 in range(0, len(betas), beta_chunk):
@@ -220,12 +234,12 @@ class ClassSums:
             return 'equal'
         return 'matmul' if self.key_labels is None else 'unequal'
 
-    def arrange(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(..., NK)`` with its keys in the order :meth:`__call__`
-        expects (a copy when reordered)."""
+    def arrange(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """``x`` with its keys (dimension ``dim``, of size NK) in the order
+        :meth:`__call__` expects (a copy when reordered)."""
         if self.order is None:
             return x
-        return x.index_select(-1, self.order.to(x.device))
+        return x.index_select(dim, self.order.to(x.device))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., NK)`` arranged by :meth:`arrange` -> ``(..., N)``."""
