@@ -131,9 +131,10 @@ class KeyValueCache(nn.Module):
                 ``(b, m, NK)`` exponentials, the ``(b, m, N)`` cache logits
                 and the ``(a, b, m, N)`` logits, for ``b`` betas, ``a``
                 alphas and ``m`` samples at a time, chunked to it (at least
-                one sample and one point). The peak memory of a call is
-                about ``4 * 5 * min(max_elements, block_elements)`` bytes
-                above its inputs (these and the top-1 count's temporaries).
+                one sample and one point). A call holds about five such
+                float32 temporaries at a time (these and the top-1 count's):
+                ``20 * min(max_elements, block_elements)`` bytes above its
+                inputs and the ``(M, N)`` base logits.
             block_elements: The size of the blocks actually visited when
                 smaller than ``max_elements``: a speed setting (the default
                 suits CPU caches and GPUs alike), not a memory bound.
@@ -167,10 +168,9 @@ class KeyValueCache(nn.Module):
         for r0 in range(0, num, rows):
             # exp(-beta * (1 - A)) = exp(beta * (A - 1)), keys in sums' order
             if affinity is None:
-                block = feats[r0:r0 + rows] @ keys.t()  # (m, NK)
+                block = (feats[r0:r0 + rows] @ keys.t()).sub_(1)  # (m, NK)
             else:
-                block = sums.arrange(affinity[r0:r0 + rows])
-            block = block - 1
+                block = sums.arrange(affinity[r0:r0 + rows]) - 1
             block_labels = labels[r0:r0 + rows]
             base = None if base_logits is None else base_logits[r0:r0 + rows]
             for b0 in range(0, len(betas), beta_chunk):
