@@ -705,8 +705,10 @@ def markdown_table(results: dict) -> str:
     m = results['machine']
     lines = [
         f"Suite: {results['mode']}. Device: {m['device_name']}; CPU "
-        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}; memory: "
-        f"{results['memory_kind']}.",
+        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+        f"({m['torch_threads']} torch threads); other processes used "
+        f"{100 * m['other_processes_cpu_share']:.0f} % of the CPU time; "
+        f"memory: {results['memory_kind']}.",
         '',
         '| Row | Method | Median (s) | Throughput | Peak memory (MiB) '
         '| Notes |',
@@ -835,8 +837,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == 'cpu' and not args.reduced:
-        warnings.warn('gpu_suite: the full suite on CPU takes long (tens of '
-                      'minutes); --reduced runs in about a minute.')
+        warnings.warn('gpu_suite: the full suite on CPU takes hours (one '
+                      'grid_search at ImageNet size takes minutes on a few '
+                      'cores); --reduced runs in under a minute.')
     from mmengine.registry import init_default_scope
     init_default_scope('mmpretrain')
     timer = Timer(device)
