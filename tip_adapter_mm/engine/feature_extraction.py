@@ -1,10 +1,12 @@
 """Encoding a dataset with the frozen encoder, on one rank or many."""
 import hashlib
+import logging
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator, List, Tuple
 
 import torch
 from mmengine.dist import all_gather, get_dist_info
+from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
 from torch.utils.data import DataLoader
 
@@ -73,6 +75,14 @@ def encoding_context(precision: str, device: torch.device):
             f'few_shot_cfg.precision={precision!r}: this PyTorch '
             f'({torch.__version__}) cannot autocast to {dtype} on '
             f'{device_type}.' + hint)
+    if device_type == 'cpu' and dtype == torch.float16:
+        print_log(
+            "few_shot_cfg.precision='fp16' on the CPU: most CPUs have no "
+            'fp16 arithmetic and PyTorch emulates it, many times slower '
+            "than fp32 (docs/precision.md); 'bf16' is the CPU's half "
+            'precision.',
+            logger='current',
+            level=logging.WARNING)
     return torch.autocast(device_type, dtype=dtype)
 
 
