@@ -7,6 +7,7 @@
 import argparse
 import os
 
+from mmengine.config import Config
 from mmengine.evaluator import DumpResults
 
 from mmengine.dist import get_rank
@@ -44,6 +45,21 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def apply_test_args(cfg: Config, args: argparse.Namespace) -> Config:
+    """The checkpoint, ``--precision`` (``few_shot_cfg.precision``), and no
+    train loop, optimizer or schedule (only testing)."""
+    if args.checkpoint is not None:
+        cfg.load_from = args.checkpoint
+    if args.precision is not None:
+        if cfg.get('few_shot_cfg') is None:
+            cfg.few_shot_cfg = dict()
+        cfg.few_shot_cfg.precision = args.precision
+    for key in ('train_dataloader', 'train_cfg', 'optim_wrapper',
+                'param_scheduler'):
+        cfg[key] = None
+    return cfg
+
+
 def main() -> None:
     args = parse_args()
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
@@ -51,17 +67,7 @@ def main() -> None:
     if args.save_model is not None and os.path.exists(args.save_model):
         raise FileExistsError(f'--save-model {args.save_model} exists; it is '
                               'not overwritten.')
-    cfg = load_config(args)
-    if args.checkpoint is not None:
-        cfg.load_from = args.checkpoint
-    if args.precision is not None:
-        if cfg.get('few_shot_cfg') is None:
-            cfg.few_shot_cfg = dict()
-        cfg.few_shot_cfg.precision = args.precision
-    # Only testing: no train loop, optimizer or schedule is built.
-    for key in ('train_dataloader', 'train_cfg', 'optim_wrapper',
-                'param_scheduler'):
-        cfg[key] = None
+    cfg = apply_test_args(load_config(args), args)
     runner = build_runner(cfg)
     if args.out is not None:
         runner.test_evaluator.metrics.append(

@@ -399,17 +399,17 @@ def test_tip_f_trains_under_bf16_amp(free_runs, tiny_clip, image_folders,
                                rtol=0)
 
 
-# -- tools/train.py --precision -----------------------------------------------
-def train_tool():
+# -- tools/train.py and tools/test.py --precision -----------------------------
+def load_tool(name):
     spec = importlib.util.spec_from_file_location(
-        'train_tool', Path(__file__).parents[2] / 'tools' / 'train.py')
+        f'{name}_tool', Path(__file__).parents[2] / 'tools' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_train_precision_flag(monkeypatch):
-    tool = train_tool()
+    tool = load_tool('train')
 
     def cfg():
         return Config(dict(train_cfg=dict(max_epochs=1),
@@ -437,3 +437,18 @@ def test_train_precision_flag(monkeypatch):
     out = apply()  # the config's precision, no AMP
     assert 'precision' not in out.few_shot_cfg
     assert 'type' not in out.optim_wrapper
+
+
+def test_test_precision_flag(monkeypatch):
+    tool = load_tool('test')
+    for argv, few_shot_cfg in (
+        (['--precision', 'bf16'], dict(augment_epoch=3, precision='bf16')),
+        ([], dict(augment_epoch=3)),
+    ):
+        monkeypatch.setattr('sys.argv', ['test.py', 'c.py', *argv])
+        cfg = tool.apply_test_args(
+            Config(dict(few_shot_cfg=dict(augment_epoch=3),
+                        optim_wrapper=dict(type='AmpOptimWrapper'))),
+            tool.parse_args())
+        assert cfg.few_shot_cfg == few_shot_cfg
+        assert cfg.optim_wrapper is None  # only testing
