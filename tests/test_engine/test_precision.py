@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from conftest import tiny_config
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
+from mmengine.runner import Runner
 from torch.utils.data import DataLoader
 
 from mmpretrain.registry import MODELS, RUNNERS
@@ -180,6 +181,23 @@ def test_extract_features_half_precisions_on_cpu(monkeypatch):
             assert not torch.equal(got, ref)  # it did round
         # fp16 on the CPU runs, with a note that it is slow there.
         assert len(logged) == (precision == 'fp16')
+
+
+def test_encoding_loader_with_workers_through_mmengine():
+    """The keys of encoding_loader_cfg are ones MMEngine's
+    Runner.build_dataloader passes on and DataLoader takes: 2 workers, 4
+    batches ahead each, no pinning on the CPU."""
+    model, images = ToyEncoders(), toy_images()
+    cfg = encoding_loader_cfg(
+        dict(batch_size=3, num_workers=2, persistent_workers=True,
+             collate_fn=dict(type='pseudo_collate'),
+             dataset=ToyDataset(images)), pin_memory=False)
+    loader = Runner.build_dataloader(cfg, seed=0)
+    assert (loader.num_workers, loader.prefetch_factor, loader.pin_memory,
+            loader.persistent_workers) == (2, 4, False, False)
+    out = extract_features(model, loader)
+    for got, want in zip(out.feats, expected_features(model, images)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_fp16_on_a_cpu_without_fp16_autocast_says_use_bf16(monkeypatch):
