@@ -72,7 +72,7 @@ def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     add('--max-elements', type=int, default=2**26,
         help="grid_search's max_elements in the timed runs")
     add('--memory-bounds', type=int, nargs='*',
-        default=[2**20, 2**22, 2**24],
+        default=[2**16, 2**18, 2**20, 2**24],
         help='max_elements values whose peak memory is measured (largest '
         'size only; none to skip)')
     add('--repeats', type=int, default=3, help='timed rounds')
