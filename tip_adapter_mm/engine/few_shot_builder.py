@@ -439,7 +439,9 @@ class FewShotBuilder:
         path = store.path(name, description)
         rank, world_size = get_dist_info()
         with store.lock(name, description) if rank == 0 else nullcontext():
-            found = [store.load(name, description) if rank == 0 else None]
+            # Memory-mapped: the ranks of one machine share one copy.
+            found = [store.load(name, description, mmap=True)
+                     if rank == 0 else None]
             exists = [found[0] is not None]
             if world_size > 1:
                 broadcast_object_list(exists, src=0)
@@ -447,7 +449,7 @@ class FewShotBuilder:
                 runner.logger.info(f'Loaded the features of {what} from '
                                    f'{path}.')
                 features = (found[0] if rank == 0 else read_features(
-                    path, description))
+                    path, description, mmap=True))
             else:
                 runner.logger.info(f'Encoding {what} ({self.precision}).')
                 model = unwrap(runner.model)
@@ -460,6 +462,9 @@ class FewShotBuilder:
                     runner.logger.info(f'Saved them to {path}.')
         if world_size > 1:
             barrier()  # the file exists for every rank from here on
+            if not exists[0]:
+                # Each rank gathered its own copy: share the stored one.
+                features = read_features(path, description, mmap=True)
         return features, path
 
     # -- configs and checks --------------------------------------------------
