@@ -134,7 +134,8 @@ class KeyValueCache(nn.Module):
                 one sample and one point). A call holds about five such
                 float32 temporaries at a time (these and the top-1 count's):
                 ``20 * min(max_elements, block_elements)`` bytes above its
-                inputs and the ``(M, N)`` base logits.
+                inputs, the ``(M, N)`` base logits and a copy of the keys in
+                class order.
             block_elements: The size of the blocks actually visited when
                 smaller than ``max_elements``: a speed setting (the default
                 suits CPU caches and GPUs alike), not a memory bound.
