@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tip_adapter_mm.models.heads.cache_model import (ClassSums,
                                                      KeyValueCache,
-                                                     is_one_hot)
+                                                     has_one_entry_per_row)
 
 
 def numpy_counts(feats, keys, values, labels, betas, alphas, base=None):
@@ -88,7 +88,8 @@ def test_general_values_keep_the_matmul():
     feats, keys, values, labels, base = problem(seed=2)
     soft = values * torch.linspace(0.5, 1.5, len(values))[:, None]
     soft[0, 1] = 0.25  # not one-hot
-    assert not is_one_hot(soft) and ClassSums(soft).mode == 'matmul'
+    assert not has_one_entry_per_row(soft)
+    assert ClassSums(soft).mode == 'matmul'
     cache = cache_of(keys, values)
     expected = numpy_counts(feats, keys, soft, labels, BETAS, ALPHAS, base)
     counts = cache.count_correct(feats, labels, BETAS, ALPHAS, base,
@@ -114,10 +115,33 @@ def test_class_sums_equal_the_product_with_the_values(unequal):
                                                         // classes))
 
 
-def test_is_one_hot():
-    assert is_one_hot(torch.eye(3))
-    assert is_one_hot(torch.eye(4)[[0, 0, 2]])
-    assert not is_one_hot(torch.eye(3) * 2)
-    assert not is_one_hot(torch.zeros(2, 3))  # a row without its 1
-    assert not is_one_hot(torch.ones(2, 2))
-    assert not is_one_hot(torch.zeros(0, 3))
+@pytest.mark.parametrize('unequal', [False, True])
+def test_one_hot_rows_scaled_per_key_are_summed_with_their_weights(unequal):
+    """APE's refined values: each key's one-hot row times its own weight."""
+    feats, keys, values, labels, base = problem(seed=4, unequal=unequal)
+    weights = torch.linspace(0.2, 3.0, len(values))
+    scaled = values * weights[:, None]
+    sums = ClassSums(scaled)
+    assert sums.mode == ('unequal' if unequal else 'equal')
+    x = torch.rand(2, 3, len(values), dtype=torch.float64)
+    np.testing.assert_allclose(
+        sums(sums.arrange(x)).numpy(),
+        x.numpy() @ scaled.double().numpy(), rtol=1e-12)
+    cache = cache_of(keys, values)
+    expected = numpy_counts(feats, keys, scaled, labels, BETAS, ALPHAS, base)
+    counts = cache.count_correct(feats, labels, BETAS, ALPHAS, base,
+                                 values=scaled, max_elements=113)
+    assert torch.equal(counts, expected)
+    # the weights matter: the unweighted sums count differently
+    assert not torch.equal(
+        expected, numpy_counts(feats, keys, values, labels, BETAS, ALPHAS,
+                               base))
+
+
+def test_has_one_entry_per_row():
+    assert has_one_entry_per_row(torch.eye(3))
+    assert has_one_entry_per_row(torch.eye(4)[[0, 0, 2]])
+    assert has_one_entry_per_row(torch.eye(3) * 2)
+    assert not has_one_entry_per_row(torch.zeros(2, 3))  # a row without
+    assert not has_one_entry_per_row(torch.ones(2, 2))
+    assert not has_one_entry_per_row(torch.zeros(0, 3))

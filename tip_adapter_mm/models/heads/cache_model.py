@@ -114,10 +114,11 @@ class KeyValueCache(nn.Module):
         """Correct top-1 predictions of ``base_logits + alpha *
         cache_logits(beta)`` at every ``(beta, alpha)``, vectorised.
 
-        With one-hot values (Tip-Adapter's cache) the product with the
-        values is a sum of the affinities of each class's keys: N times
+        With one-hot values (Tip-Adapter's cache), or one-hot rows scaled
+        per key (APE's refined values), the product with the values is a
+        (weighted) sum of the affinities of each class's keys: N times
         fewer operations than the ``(NK, N)`` matmul, which other values
-        (APE's refined ones) keep (:class:`ClassSums`).
+        keep (:class:`ClassSums`).
 
         Args:
             feats: L2-normalised features ``(M, C)``.
@@ -199,8 +200,10 @@ class ClassSums:
     """``x @ values`` over the last dimension of ``x`` ``(..., NK)``, for
     cache values ``(NK, N)``.
 
-    One-hot values (every row a single 1) make the product the sum of each
-    class's entries: with ``K`` keys in every class the keys are arranged
+    Values with one non-zero per row (one-hot labels; APE's refined values,
+    which scale each key's one-hot row) make the product a sum of each
+    class's entries, each times its key's value (a multiplication skipped
+    when all are 1). With ``K`` keys in every class the keys are arranged
     shot-major (:meth:`arrange`: column ``k * N + n`` is class ``n``'s
     ``k``-th key) and summed over the ``K`` axis; unequal classes are summed
     with ``index_add_``; any other values keep the matmul. The sums add the
@@ -215,18 +218,24 @@ class ClassSums:
         self.values = values
         self.num_classes = values.shape[1]
         self.key_labels: Optional[torch.Tensor] = None
+        self.weights: Optional[torch.Tensor] = None  # (NK, ), in order
         self.order: Optional[torch.Tensor] = None
         self.shots: Optional[int] = None
-        if not is_one_hot(values):
+        if not has_one_entry_per_row(values):
             return
-        self.key_labels = values.argmax(dim=1)
+        self.key_labels = (values != 0).int().argmax(dim=1)
+        weights = values.gather(1, self.key_labels[:, None]).squeeze(1)
+        if not bool((weights == 1).all()):
+            self.weights = weights
         counts = torch.bincount(self.key_labels, minlength=self.num_classes)
-        if len(values) and bool((counts == counts[0]).all()) and counts[0]:
+        if bool((counts == counts[0]).all()) and counts[0]:
             self.shots = int(counts[0])
             # stable sort by class, then read shot-major: k * N + n
             by_class = torch.argsort(self.key_labels, stable=True)
             self.order = by_class.view(self.num_classes, self.shots).t(
             ).reshape(-1)
+            if self.weights is not None:
+                self.weights = self.weights[self.order]
 
     @property
     def mode(self) -> str:
@@ -244,17 +253,19 @@ class ClassSums:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., NK)`` arranged by :meth:`arrange` -> ``(..., N)``."""
-        if self.shots is not None:
-            return x.unflatten(-1, (self.shots, self.num_classes)).sum(-2)
         if self.key_labels is None:
             return x @ self.values.to(x.dtype)
+        if self.weights is not None:
+            x = x * self.weights.to(x)
+        if self.shots is not None:
+            return x.unflatten(-1, (self.shots, self.num_classes)).sum(-2)
         out = x.new_zeros(x.shape[:-1] + (self.num_classes, ))
         return out.index_add_(x.dim() - 1, self.key_labels.to(x.device), x)
 
 
-def is_one_hot(values: torch.Tensor) -> bool:
-    """Whether every row of ``values`` ``(NK, N)`` is a single 1 and 0s."""
+def has_one_entry_per_row(values: torch.Tensor) -> bool:
+    """Whether every row of ``values`` ``(NK, N)`` has exactly one
+    non-zero entry (a one-hot row times a scalar)."""
     if values.dim() != 2 or not values.numel():
         return False
-    return bool(((values == 0) | (values == 1)).all()
-                and (values.sum(dim=1) == 1).all())
+    return bool(((values != 0).sum(dim=1) == 1).all())
