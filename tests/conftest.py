@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import open_clip
@@ -91,13 +91,20 @@ def image_folders(tmp_path_factory) -> Path:
 
 def tiny_config(path: Path, tiny_clip: Dict[str, str], data_root: Path,
                 num_shots: int = 4, augment_epoch: int = 3,
-                schedule: str = 'tip_adapter', extra: str = '') -> Path:
+                schedule: str = 'tip_adapter', extra: str = '',
+                model_base: str = 'tip_adapter_rn50',
+                head: Optional[str] = None) -> Path:
     """A test config inheriting the real ``_base_`` files, with the tiny
     model and the generated folders swapped in. ``schedule='tip_adapter_f'``
-    gives Tip-Adapter-F with learnable keys."""
+    gives Tip-Adapter-F with learnable keys. ``model_base`` names the model
+    base (``configs/_base_/models/<model_base>.py``) and ``head`` the
+    ``model.head`` dict's source (default: Tip-Adapter's, 3 classes)."""
+    if head is None:
+        head = ("dict(num_classes=3, search_step=(20, 10), topk=(1, ), "
+                f"train_cache_keys={schedule == 'tip_adapter_f'})")
     path.write_text(f"""
 _base_ = [
-    {str(CONFIGS / '_base_/models/tip_adapter_rn50.py')!r},
+    {str(CONFIGS / f'_base_/models/{model_base}.py')!r},
     {str(CONFIGS / '_base_/datasets/folder_fewshot.py')!r},
     {str(CONFIGS / f'_base_/schedules/{schedule}.py')!r},
     {str(CONFIGS / '_base_/default_runtime.py')!r},
@@ -105,9 +112,7 @@ _base_ = [
 clip = dict(model_name={tiny_clip['model_name']!r},
             pretrained={tiny_clip['pretrained']!r},
             model_config_file={tiny_clip['model_config_file']!r})
-model = dict(backbone=clip, text_encoder=clip,
-             head=dict(num_classes=3, search_step=(20, 10), topk=(1, ),
-                       train_cache_keys={schedule == 'tip_adapter_f'}))
+model = dict(backbone=clip, text_encoder=clip, head={head})
 data_root = {str(data_root)!r}
 loader = dict(batch_size=8, num_workers=0, persistent_workers=False)
 fewshot_dataloader = dict(

@@ -17,7 +17,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -26,7 +25,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, PORT_TAKEN, REPO, free_port
+from conftest import PORT_TAKEN, REPO, free_port, tiny_config
 
 from mmpretrain.registry import MODELS
 from tip_adapter_mm.models import heads as heads_module
@@ -98,28 +97,10 @@ def head_config(path: Path, case: str, tiny_clip: Dict[str, str],
     and the generated folders (3 classes, 4 shots, 3 views)."""
     model, schedule, head, extra = CASES[case]
     separator = ', ' if head else ''
-    path.write_text(textwrap.dedent(f"""
-    _base_ = [
-        {str(CONFIGS / f'_base_/models/{model}.py')!r},
-        {str(CONFIGS / '_base_/datasets/folder_fewshot.py')!r},
-        {str(CONFIGS / f'_base_/schedules/{schedule}.py')!r},
-        {str(CONFIGS / '_base_/default_runtime.py')!r},
-    ]
-    clip = dict(model_name={tiny_clip['model_name']!r},
-                pretrained={tiny_clip['pretrained']!r},
-                model_config_file={tiny_clip['model_config_file']!r})
-    model = dict(backbone=clip, text_encoder=clip,
-                 head=dict({head}{separator}num_classes=3, topk=(1, )))
-    data_root = {str(data_root)!r}
-    loader = dict(batch_size=8, num_workers=0, persistent_workers=False)
-    fewshot_dataloader = dict(
-        **loader,
-        dataset=dict(num_shots=4, dataset=dict(data_root=data_root)))
-    val_dataloader = dict(**loader, dataset=dict(data_root=data_root))
-    test_dataloader = dict(**loader, dataset=dict(data_root=data_root))
-    few_shot_cfg = dict(augment_epoch=3)
-    """) + extra)
-    return path
+    return tiny_config(path, tiny_clip, data_root, schedule=schedule,
+                       extra=extra, model_base=model,
+                       head=f'dict({head}{separator}num_classes=3, '
+                       'topk=(1, ))')
 
 
 def subprocess_env() -> Dict[str, str]:
