@@ -1,0 +1,11 @@
+# Zero-shot CLIP RN50 (ZeroShotHead, ImageNet's 7 prompt templates) on
+# ImageNet-V2 (matched frequency).
+# The ImageNet few-shot loader only names the classes.
+# Only the head differs from the Tip-Adapter config:
+_base_ = ['./tip_imagenet_16shot_to_imagenet_v2.py']
+model = dict(
+    head=dict(
+        _delete_=True,
+        type='ZeroShotHead',
+        num_classes={{_base_.num_classes}},
+        topk=(1, 5)))
