@@ -50,7 +50,8 @@ OTHER_EXPERIMENTS = [
     name for name in EXPERIMENTS if not name.startswith('tip_')
 ]
 #: Experiment prefixes of the other methods that train (a train_cfg).
-TRAINED_PREFIXES = ('prolip_', 'clip_adapter_', 'taskres_', 'clap_')
+TRAINED_PREFIXES = ('prolip_', 'clip_adapter_', 'taskres_', 'clap_',
+                    'coop_')
 #: Methods trained with their official Dassl recipe (warm-up epoch, cosine
 #: per epoch, last epoch, nothing searched; the recipes themselves are
 #: checked in tests/test_models/test_heads/): prefix -> (global batch,
@@ -59,6 +60,7 @@ DASSL_RECIPES = {
     'clip_adapter_': (32, ['head.adapter_down', 'head.adapter_up']),
     'taskres_': (256, ['head.residual']),
     'clap_': (256, ['head.prototypes']),
+    'coop_': (32, ['head.ctx']),
 }
 #: few_shot_cfg.augment_epoch of recipes that store another number of
 #: views than Tip-Adapter's 10 (ProLIP: 300, one per epoch).
@@ -69,7 +71,7 @@ def dataset_of(name: str) -> str:
     """The dataset of an experiment config's file name."""
     for prefix in ('tip_f_', 'tip_', 'ape_', 'gda_', 'ncm_', 'zero_shot_',
                    'linear_probe_', 'lp_plus_plus_', 'prolip_', 'proker_',
-                   'clip_adapter_', 'taskres_', 'clap_'):
+                   'clip_adapter_', 'taskres_', 'clap_', 'coop_'):
         if name.startswith(prefix):
             stem = name[len(prefix):]
             break

@@ -82,6 +82,10 @@ CASES: Dict[str, Tuple[str, str, str, str]] = {
     'clip_adapter': (
         'clip_adapter_rn50', 'clip_adapter', '',
         TRAIN + 'optim_wrapper = dict(optimizer=dict(lr=0.05))\n'),
+    # CoOp: 4 context vectors in the tiny text tower (the tower is rebuilt
+    # from the config's weights on every rank, never broadcast or saved).
+    'coop': ('coop_rn50', 'coop', 'num_context=4',
+             TRAIN + 'optim_wrapper = dict(optimizer=dict(lr=0.05))\n'),
     # ProLIP: pre-projection features, full batch (global_batch_size
     # 'all'), its 300 views cut to 3.
     'prolip': ('prolip_rn50', 'prolip', '',
@@ -270,7 +274,8 @@ def test_runs_are_not_trivial(runs):
         'alpha', 'beta', 'alpha2', 'beta2'
     }
     trained = {case for case, r in one.items() if r['trains']}
-    assert trained == {'tip_f', 'taskres', 'clap', 'clip_adapter', 'prolip'}
+    assert trained == {'tip_f', 'taskres', 'clap', 'clip_adapter', 'prolip',
+                       'coop'}
     for case in trained:
         assert one[case]['trainable'], case
         for name, step in updates(one[case]).items():

@@ -50,7 +50,10 @@ class CLIPFewShotClassifier(ImageClassifier):
     (:class:`CacheOnlyHead`, :class:`NCMHead`) need no text tower. A head
     that fine-tunes the tower's last projection (:class:`ProLIPHead`,
     ``head.uses_visual_projection``) takes pre-projection features and gets
-    that projection from :meth:`visual_projection` along with them.
+    that projection from :meth:`visual_projection` along with them. A
+    head that learns prompts in the text tower (:class:`CoOpHead`,
+    ``head.uses_text_tower``) keeps that tower and the class names
+    (``head.set_text_tower``).
 
     Args:
         backbone (dict): Visual encoder.
@@ -314,6 +317,11 @@ class CLIPFewShotClassifier(ImageClassifier):
         self.head.set_zero_shot_weights(weights)
         if self.use_model_logit_scale:
             self.head.clip_logit_scale.fill_(encoder.logit_scale)
+        if getattr(self.head, 'uses_text_tower', False):
+            # CoOp learns prompts inside the (frozen) text tower: the head
+            # keeps the tower, its tokenizer and the class names.
+            self.head.set_text_tower(encoder.clip, encoder.tokenizer,
+                                     dataset_classes)
         del encoder
         self.give_head_visual_projection()
 

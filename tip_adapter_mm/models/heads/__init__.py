@@ -4,6 +4,7 @@ from .cache_model import KeyValueCache
 from .cache_only_head import CacheOnlyHead
 from .clap_head import CLAPHead
 from .clip_adapter_head import CLIPAdapterHead
+from .coop_head import CoOpHead
 from .dual_cache_head import DualCacheTipAdapterHead
 from .gda_head import GDAHead
 from .linear_probe_head import LinearProbeHead
@@ -22,5 +23,6 @@ __all__ = [
     'APEHead', 'SelectedChannelsCache', 'select_channels', 'NCMHead',
     'linear_grid', 'LinearProbeHead', 'LPPlusPlusHead',
     'ProLIPHead', 'ProKeRHead',
-    'CLIPAdapterHead', 'TaskResHead', 'CLAPHead', 'TextPrototypeHead'
+    'CLIPAdapterHead', 'TaskResHead', 'CLAPHead', 'TextPrototypeHead',
+    'CoOpHead'
 ]

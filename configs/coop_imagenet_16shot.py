@@ -1,0 +1,15 @@
+# CoOp, CLIP RN50, ImageNet, 16 shots, seed 1; recipe in
+# configs/_base_/schedules/coop.py.
+_base_ = [
+    './_base_/models/coop_rn50.py',
+    './_base_/datasets/imagenet_fewshot.py',
+    './_base_/schedules/coop.py',
+    './_base_/default_runtime.py',
+]
+# The head keeps zero-shot weights of 'a photo of a {}.' only (its logits
+# use the learned prompts; the seven-template ensemble is not needed).
+model = dict(
+    templates='default',
+    head=dict(num_classes={{_base_.num_classes}}))
+# rn50_ep50.yaml: ImageNet trains for 50 epochs.
+train_cfg = dict(max_epochs=50)
