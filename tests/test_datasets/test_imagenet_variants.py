@@ -70,7 +70,7 @@ def layouts(tmp_path_factory):
         for label in labels:
             for i in range(2):
                 p = root / name / sub / ids[label] / f'img_{i}.jpg'
-                image(p, 3)
+                image(p, int(label * 7 + i * 50) % 256)
                 items.append((str(p), int(label)))
         (root / name / sub / 'README.txt').write_text('x')
         expected[name] = items
@@ -219,3 +219,51 @@ def test_variant_configs_build_and_name_missing_data(name, tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(str(
             tmp_path / 'missing'))):
         DATASETS.build(dataset_cfg)
+
+
+def test_zero_shot_on_imagenet_a_through_the_runner(layouts, tmp_path,
+                                                    tiny_clip):
+    """The runner tests a 1000-class model on ImageNet-A: the reported
+    top-1 is the NumPy subset argmax of the model's own logits."""
+    from mmpretrain.registry import RUNNERS
+    from conftest import tiny_config
+    root, expected = layouts
+    imagenet = tmp_path / 'imagenet'
+    for wnid in wnids():  # one train image per class: names the classes
+        image(imagenet / 'train' / wnid / 'a.JPEG', 5)
+    head = ('dict(_delete_=True, type="ZeroShotHead", num_classes=1000, '
+            'topk=(1, ))')
+    path = tiny_config(tmp_path / 'cfg.py', tiny_clip, imagenet,
+                       num_shots=1, augment_epoch=1, head=head,
+                       model_base='tip_adapter_rn50')
+    cfg = Config.fromfile(str(path))
+    pipeline = cfg.test_dataloader.dataset.pipeline
+    cfg.fewshot_dataloader.dataset.dataset = dict(
+        type='CLIPImageNet', data_root=str(imagenet), split='train',
+        pipeline=pipeline)
+    a_set = dict(type='ImageNetA', data_root=str(root / 'a'),
+                 pipeline=pipeline)
+    cfg.val_dataloader.dataset = dict(a_set, type='ImageNetR',
+                                      data_root=str(root / 'r'))
+    cfg.few_shot_cfg.protocol = 'none'  # nothing to select
+    cfg.test_dataloader.dataset = a_set
+    cfg.test_dataloader.batch_size = 64
+    cfg.test_evaluator = dict(type='SubsetAccuracy', topk=(1, 50))
+    cfg.model.templates = ['a photo of a {}.']
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.log_level = 'WARNING'
+    runner = RUNNERS.build(cfg)
+    metrics = runner.test()
+    feats = runner.few_shot.split_features(runner, 'test')
+    f = torch.nn.functional.normalize(feats.feats[0].double(), dim=-1)
+    weights = runner.model.head.zero_shot_weights.double()
+    logits = (100.0 * f @ weights).numpy()  # (M, 1000)
+    labels = feats.labels.numpy()
+    subset = sorted({label for _, label in expected['a']})
+    for k in (1, 50):
+        want = numpy_subset_accuracy(logits, labels, subset, k)
+        assert metrics[f'accuracy/top{k}'] == pytest.approx(want, abs=1e-9)
+    # Ranking all 1000 classes would give another top-50 accuracy.
+    full = numpy_subset_accuracy(logits, labels, range(1000), 50)
+    assert abs(full - metrics['accuracy/top50']) > 5
+    assert sorted(labels.tolist()) == sorted(y for _, y in expected['a'])
