@@ -126,6 +126,8 @@ SPECS = [
          kind='trained'),
     Spec('clap', 'CLAP', 'CLAPHead', 'clap_imagenet_16shot.py',
          kind='trained'),
+    Spec('coop', 'CoOp', 'CoOpHead', 'coop_imagenet_16shot.py',
+         kind='trained'),
 ]
 
 
@@ -255,6 +257,7 @@ def make_problem(args, spec: Spec, classes: int, num_val: int) -> dict:
     g = torch.Generator().manual_seed(args.seed)
     data = encoder_problem(g, classes, args.shots, args.views, args.dim,
                            num_val)
+    data['quick'] = bool(args.quick)  # the size of CoOp's text tower
     if spec.head_type == 'DualCacheTipAdapterHead':
         second = encoder_problem(
             torch.Generator().manual_seed(args.seed + 1), classes,
@@ -304,7 +307,27 @@ def build_head(head: dict, data: dict, device):
     if hasattr(module, 'set_visual_projection'):
         module.set_visual_projection(data['proj_weight'].to(device),
                                      data['proj_bias'].to(device))
+    if getattr(module, 'uses_text_tower', False):
+        clip, tokenizer = random_text_tower(data['text'].shape[0],
+                                            data['quick'])
+        module.set_text_tower(clip, tokenizer, [
+            f'class {i}' for i in range(module.num_classes)])
     return module
+
+
+def random_text_tower(dim: int, quick: bool):
+    """An open_clip CLIP with random weights whose text tower is RN50's
+    (width 512, 12 layers; ``quick``: width 32, 1 layer) projecting to
+    ``dim``, and open_clip's tokenizer (CoOp's prompts run through it)."""
+    import open_clip
+    from open_clip.model import CLIP
+    text = (dict(width=32, heads=1, layers=1) if quick else
+            dict(width=512, heads=8, layers=12))
+    clip = CLIP(embed_dim=dim,
+                vision_cfg=dict(image_size=32, patch_size=16, width=32,
+                                layers=1, head_width=32),
+                text_cfg=dict(context_length=77, vocab_size=49408, **text))
+    return clip.eval().requires_grad_(False), open_clip.get_tokenizer('RN50')
 
 
 def fit_inputs(head, data: dict, device) -> Tuple[tuple, object]:
@@ -505,8 +528,13 @@ def train_epochs(head, cfg, plan: dict, views, labels, meter: Meter,
         optim = build_optim_wrapper(head, copy.deepcopy(cfg.optim_wrapper))
     head.train()
     g = torch.Generator().manual_seed(seed)
+    # A first epoch longer than the budget (CoOp: every step runs the text
+    # tower over all N prompts) stops after its budget, at least 2 steps,
+    # and is extrapolated per step.
+    partial = {}
 
     def epoch(e: int) -> None:
+        deadline = time.perf_counter() + budget if e == 0 else math.inf
         if plan['cycling']:
             images = (torch.randperm(num_images, generator=g)
                       if plan['shuffle'] else torch.arange(num_images))
@@ -523,6 +551,11 @@ def train_epochs(head, cfg, plan: dict, views, labels, meter: Meter,
             losses = head.loss((x, ), [samples[i] for i in img.tolist()])
             optim.update_params(
                 sum(v for k, v in losses.items() if 'loss' in k))
+            steps = start // plan['batch'] + 1
+            if (time.perf_counter() > deadline and steps >= 2
+                    and steps < plan['iterations_per_epoch']):
+                partial['steps'] = steps
+                return
 
     seconds, peaks = [], []
     while len(seconds) < plan['epochs']:
@@ -531,12 +564,19 @@ def train_epochs(head, cfg, plan: dict, views, labels, meter: Meter,
         peaks.append(peak)
         if sum(seconds) >= budget and len(seconds) >= min_epochs:
             break
+        if partial:
+            break
     head.eval()
     done = len(seconds)
     later = seconds[1:] or seconds
     total = sum(seconds) + (plan['epochs'] - done) * float(np.mean(later))
     how = ('measured' if done == plan['epochs'] else
            f'extrapolated from {done} of {plan["epochs"]} epochs')
+    if partial:
+        steps = plan['iterations_per_epoch'] * plan['epochs']
+        total = seconds[0] / partial['steps'] * steps
+        how = f'extrapolated from {partial["steps"]} of {steps} steps'
+        done = 0
     return dict(seconds=total, peak_bytes=max(peaks), how=how,
                 epochs_timed=done, epoch_seconds=seconds)
 
