@@ -139,28 +139,43 @@ def test_configs_build_and_name_missing_data(name, tmp_path):
         DATASETS.build(test_cfg)
 
 
-def test_tip_adapter_runs_on_the_base_classes(tmp_path, tiny_clip):
-    """Three colour classes: base = 2, relabelled; the runner fits,
-    searches and tests on base classes only."""
+@pytest.mark.parametrize('subset', ['base', 'new'])
+def test_runs_on_base_and_new_classes(tmp_path, tiny_clip, subset):
+    """Three colour classes: base = 2 (Tip-Adapter fits, searches and
+    tests on them, relabelled), new = 1 (zero-shot CLIP on its name)."""
     root = tmp_path / 'data'
     for seed, (split, per_class) in enumerate(
             [('train', 6), ('val', 2), ('test', 3)]):
         write_images(root / split, per_class, seed, size=(24, 24))
-    path = tiny_config(
-        tmp_path / 'cfg.py', tiny_clip, root, num_shots=2, augment_epoch=1,
-        head='dict(num_classes=2, search_step=(4, 4), topk=(1, ))')
+    head = ('dict(num_classes=2, search_step=(4, 4), topk=(1, ))'
+            if subset == 'base' else
+            'dict(_delete_=True, type="ZeroShotHead", num_classes=1, '
+            'topk=(1, ))')
+    path = tiny_config(tmp_path / 'cfg.py', tiny_clip, root, num_shots=2,
+                       augment_epoch=1, head=head)
     cfg = Config.fromfile(str(path))
     cfg.fewshot_dataloader.dataset.dataset = dict(
-        type='BaseToNewDataset', subset='base',
+        type='BaseToNewDataset', subset=subset,
         dataset=cfg.fewshot_dataloader.dataset.dataset)
     for loader in (cfg.val_dataloader, cfg.test_dataloader):
-        loader.dataset = dict(type='BaseToNewDataset', subset='base',
+        loader.dataset = dict(type='BaseToNewDataset', subset=subset,
                               dataset=loader.dataset)
     cfg.work_dir = str(tmp_path / 'work')
     cfg.log_level = 'WARNING'
     runner = RUNNERS.build(cfg)
     metrics = runner.test()
-    assert 0.0 <= metrics['accuracy/top1'] <= 100.0
-    assert runner.few_shot.classes == ('blue_sky', 'green_leaf')
-    assert len(runner.test_dataloader.dataset) == 2 * 3
-    assert runner.model.head.cache.values.shape == (2 * 2, 2)
+    names = ('blue_sky', 'green_leaf', 'red_apple')  # sorted folders
+    test_set = runner.test_loop.image_dataloader.dataset
+    if subset == 'base':
+        assert runner.few_shot.classes == names[:2]
+        assert len(test_set) == 2 * 3
+        assert sorted(test_set.get_gt_labels().tolist()) == [0] * 3 + [1] * 3
+        assert runner.model.head.cache.values.shape == (2 * 2, 2)
+        assert 0.0 <= metrics['accuracy/top1'] <= 100.0
+    else:
+        assert runner.few_shot.classes == names[2:]
+        assert test_set.get_gt_labels().tolist() == [0] * 3
+        assert {test_set.get_data_info(i)['img_path'].split('/')[-2]
+                for i in range(3)} == {'red_apple'}
+        assert runner.model.head.zero_shot_weights.shape[1] == 1
+        assert metrics['accuracy/top1'] == 100.0  # one class
