@@ -128,6 +128,8 @@ SPECS = [
          kind='trained'),
     Spec('coop', 'CoOp', 'CoOpHead', 'coop_imagenet_16shot.py',
          kind='trained'),
+    Spec('cocoop', 'CoCoOp', 'CoCoOpHead', 'cocoop_imagenet_16shot.py',
+         kind='trained'),
 ]
 
 

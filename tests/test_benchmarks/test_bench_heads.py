@@ -34,7 +34,8 @@ POINTS = {
     'lp_plus_plus': 300 // 10,  # snapshots every 10 of 300 epochs
     'proker': 10 * 10,
 }
-TRAINED = {'tip_f', 'prolip', 'clip_adapter', 'taskres', 'clap', 'coop'}
+TRAINED = {'tip_f', 'prolip', 'clip_adapter', 'taskres', 'clap', 'coop',
+           'cocoop'}
 
 
 def package_heads():

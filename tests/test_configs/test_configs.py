@@ -51,7 +51,7 @@ OTHER_EXPERIMENTS = [
 ]
 #: Experiment prefixes of the other methods that train (a train_cfg).
 TRAINED_PREFIXES = ('prolip_', 'clip_adapter_', 'taskres_', 'clap_',
-                    'coop_')
+                    'coop_', 'cocoop_')
 #: Methods trained with their official Dassl recipe (warm-up epoch, cosine
 #: per epoch, last epoch, nothing searched; the recipes themselves are
 #: checked in tests/test_models/test_heads/): prefix -> (global batch,
@@ -61,6 +61,8 @@ DASSL_RECIPES = {
     'taskres_': (256, ['head.residual']),
     'clap_': (256, ['head.prototypes']),
     'coop_': (32, ['head.ctx']),
+    'cocoop_': (1, ['head.ctx', 'head.meta_down', 'head.meta_down_bias',
+                    'head.meta_up', 'head.meta_up_bias']),
 }
 #: few_shot_cfg.augment_epoch of recipes that store another number of
 #: views than Tip-Adapter's 10 (ProLIP: 300, one per epoch).
@@ -71,7 +73,8 @@ def dataset_of(name: str) -> str:
     """The dataset of an experiment config's file name."""
     for prefix in ('tip_f_', 'tip_', 'ape_', 'gda_', 'ncm_', 'zero_shot_',
                    'linear_probe_', 'lp_plus_plus_', 'prolip_', 'proker_',
-                   'clip_adapter_', 'taskres_', 'clap_', 'coop_'):
+                   'clip_adapter_', 'taskres_', 'clap_', 'coop_',
+                   'cocoop_'):
         if name.startswith(prefix):
             stem = name[len(prefix):]
             break

@@ -86,6 +86,10 @@ CASES: Dict[str, Tuple[str, str, str, str]] = {
     # from the config's weights on every rank, never broadcast or saved).
     'coop': ('coop_rn50', 'coop', 'num_context=4',
              TRAIN + 'optim_wrapper = dict(optimizer=dict(lr=0.05))\n'),
+    # CoCoOp: CoOp's context from 'a photo of a' plus a meta-net (hidden
+    # width 32 // 4) of each image's feature; one text pass per image.
+    'cocoop': ('cocoop_rn50', 'cocoop', 'reduction=4',
+               TRAIN + 'optim_wrapper = dict(optimizer=dict(lr=0.05))\n'),
     # ProLIP: pre-projection features, full batch (global_batch_size
     # 'all'), its 300 views cut to 3.
     'prolip': ('prolip_rn50', 'prolip', '',
@@ -275,7 +279,7 @@ def test_runs_are_not_trivial(runs):
     }
     trained = {case for case, r in one.items() if r['trains']}
     assert trained == {'tip_f', 'taskres', 'clap', 'clip_adapter', 'prolip',
-                       'coop'}
+                       'coop', 'cocoop'}
     for case in trained:
         assert one[case]['trainable'], case
         for name, step in updates(one[case]).items():

@@ -4,6 +4,7 @@ from .cache_model import KeyValueCache
 from .cache_only_head import CacheOnlyHead
 from .clap_head import CLAPHead
 from .clip_adapter_head import CLIPAdapterHead
+from .cocoop_head import CoCoOpHead
 from .coop_head import CoOpHead
 from .dual_cache_head import DualCacheTipAdapterHead
 from .gda_head import GDAHead
@@ -24,5 +25,5 @@ __all__ = [
     'linear_grid', 'LinearProbeHead', 'LPPlusPlusHead',
     'ProLIPHead', 'ProKeRHead',
     'CLIPAdapterHead', 'TaskResHead', 'CLAPHead', 'TextPrototypeHead',
-    'CoOpHead'
+    'CoOpHead', 'CoCoOpHead'
 ]

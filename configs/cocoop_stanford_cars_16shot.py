@@ -1,0 +1,11 @@
+# CoCoOp, CLIP RN50, Stanford Cars, 16 shots, seed 1; recipe in
+# configs/_base_/schedules/cocoop.py.
+_base_ = [
+    './_base_/models/cocoop_rn50.py',
+    './_base_/datasets/stanford_cars_fewshot.py',
+    './_base_/schedules/cocoop.py',
+    './_base_/default_runtime.py',
+]
+model = dict(
+    templates={{_base_.templates}},
+    head=dict(num_classes={{_base_.num_classes}}))
