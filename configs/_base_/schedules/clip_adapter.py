@@ -1,43 +1,14 @@
 # CLIP-Adapter (docs/method.md): train the visual adapter of
 # CLIPAdapterHead on the stored support views, as the official code trains
 # it. Sources: gaopengcuhk/CLIP-Adapter (clip_adapter.py: a Dassl trainer,
-# run "with CoOp's command"), hence KaiyangZhou/CoOp
-# configs/trainers/CoOp/rn50.yaml (16 shots; ImageNet: rn50_ep50.yaml, see
-# configs/clip_adapter_imagenet_16shot.py) and Dassl.pytorch's defaults
-# (dassl/config/defaults.py, dassl/optim):
+# run "with CoOp's command"), hence CoOp's schedule (./coop.py:
+# KaiyangZhou/CoOp configs/trainers/CoOp/rn50.yaml, 16 shots; ImageNet:
+# rn50_ep50.yaml, see configs/clip_adapter_imagenet_16shot.py; and
+# Dassl.pytorch's defaults):
 #   SGD, lr 0.002, momentum 0.9, weight decay 5e-4; batch 32; 200 epochs;
 #   one warm-up epoch at a constant lr of 1e-5, then cosine stepped per
 #   epoch; the last epoch is the result (TEST.FINAL_MODEL 'last_step');
-#   every epoch sees each few-shot image once, freshly augmented.
-_base_ = ['./tip_adapter_f.py']
-
-# The official recipe selects nothing on validation: fixed settings, last
-# epoch, no validation while training.
-few_shot_cfg = dict(protocol='none')
-
-# One stored view of each image per epoch (view epoch % augment_epoch).
-train_dataloader = dict(sampler=dict(type='ViewCyclingSampler', shuffle=True))
-
-train_cfg = dict(max_epochs=200, global_batch_size=32)
-
-optim_wrapper = dict(
-    optimizer=dict(
-        _delete_=True, type='SGD', lr=0.002, momentum=0.9,
-        weight_decay=5e-4))
-# Epoch 0 at 1e-5 (ConstantLR's factor is relative to the lr; it is
-# restored at epoch 1), then cosine from epoch 1 to train_cfg.max_epochs,
-# stepped once per epoch as Dassl does.
-param_scheduler = [
-    dict(type='ConstantLR', factor=1e-5 / 0.002, by_epoch=True, begin=0,
-         end=2),
-    dict(type='CosineAnnealingLR', eta_min=0.0, by_epoch=True, begin=1),
-]
-
-# Under protocol 'none' the search hook applies the validation-free values
-# after training and saves final_searched.pth (the last epoch); under a
-# validation protocol it loads the best epoch on validation first.
-custom_hooks = [
-    dict(type='BuildCacheHook'),
-    dict(type='HyperparameterSearchHook'),
-    dict(type='ValidateAfterResumeHook'),
-]
+#   every epoch sees each few-shot image once, freshly augmented; nothing
+#   is selected on validation. Under a validation protocol the search hook
+#   loads the best epoch on validation before it saves final_searched.pth.
+_base_ = ['./coop.py']
