@@ -1,9 +1,12 @@
 """open_clip's text tower run on prompts whose context words are learned
 vectors (CoOp)."""
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+
+from ..utils.open_clip_towers import (BlockHook, QKVUpdate,
+                                     encode_text_embeddings)
 
 #: Where the class name goes among the context vectors.
 CLASS_TOKEN_POSITIONS = ('end', 'middle', 'front')
@@ -139,20 +142,14 @@ class PromptedTextTower(nn.Module):
             prompts.append(torch.cat(parts, dim=1))
         return torch.cat(prompts, dim=0)
 
-    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+    def forward(self,
+                ctx: torch.Tensor,
+                before_block: Optional[BlockHook] = None,
+                qkv_update: Optional[QKVUpdate] = None) -> torch.Tensor:
         """Raw (unnormalised) text features ``(N, C)`` of the prompts built
-        with the context ``ctx`` (``(M, D)`` or ``(N, M, D)``)."""
-        clip = self.clip
-        cast_dtype = clip.transformer.get_cast_dtype()
-        x = self.prompt_embeddings(ctx).to(cast_dtype)
-        x = x + clip.positional_embedding.to(cast_dtype)
-        x = clip.transformer(x, attn_mask=clip.attn_mask)
-        x = clip.ln_final(x)
-        eot = self.tokens.argmax(dim=-1)  # EOS has the largest id
-        x = x[torch.arange(x.shape[0], device=x.device), eot]
-        projection = clip.text_projection
-        if projection is None:
-            return x.float()
-        if isinstance(projection, nn.Linear):
-            return projection(x).float()
-        return (x @ projection).float()
+        with the context ``ctx`` (``(M, D)`` or ``(N, M, D)``).
+        ``before_block`` and ``qkv_update`` act inside the tower (deep
+        prompts, low-rank updates; see :func:`encode_text_embeddings`)."""
+        return encode_text_embeddings(self.clip, self.prompt_embeddings(ctx),
+                                      self.tokens, before_block,
+                                      qkv_update).float()
