@@ -250,6 +250,19 @@ class FewShotBuilder:
             model.build_zero_shot_weights(self.classes)
         if head.is_fitted:
             return
+        if head.uses_image_tower:
+            # Its features change while it trains: none are stored; the
+            # few-shot images are its training set (train_dataloader).
+            labels = torch.as_tensor([
+                int(fewshot.get_data_info(i)['gt_label'])
+                for i in range(len(fewshot))
+            ])
+            head.fit(None, labels.to(next(iter(head.buffers())).device))
+            runner.logger.info(
+                f'{type(head).__name__} initialised for {len(fewshot)} '
+                f'few-shot images, {head.num_classes} classes; it trains '
+                'inside the image tower.')
+            return
         views = self.support_views(runner, loader_cfg, fewshot)
         view_feats = views.views(self.augment_epoch)
         labels = views.labels.view(self.augment_epoch, -1)

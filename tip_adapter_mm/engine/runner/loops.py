@@ -7,7 +7,7 @@ from mmengine.runner import EpochBasedTrainLoop, TestLoop, ValLoop
 from torch.utils.data import DataLoader
 
 from mmpretrain.registry import LOOPS
-from ..few_shot_builder import few_shot_builder
+from ..few_shot_builder import few_shot_builder, unwrap
 
 
 class StoredFeaturesLoopMixin:
@@ -28,6 +28,14 @@ class StoredFeaturesLoopMixin:
 
     def run(self) -> dict:
         builder = few_shot_builder(self.runner, type(self).__name__)
+        head = getattr(unwrap(self.runner.model), 'head', None)
+        if getattr(head, 'uses_image_tower', False):
+            kind = type(self).__name__.replace('StoredFeatures', '')
+            raise ValueError(
+                f'{type(head).__name__} trains inside the image tower, so '
+                f'stored features of the {self.split} split would be stale: '
+                f"set {self.split}_cfg = dict(type='{kind}') (MMEngine's loop "
+                'over images).')
         self.dataloader = builder.features_dataloader(
             self.runner, self.split, self.image_dataloader)
         return super().run()

@@ -53,7 +53,11 @@ class CLIPFewShotClassifier(ImageClassifier):
     that projection from :meth:`visual_projection` along with them. A
     head that learns prompts in the text tower (:class:`CoOpHead`,
     ``head.uses_text_tower``) keeps that tower and the class names
-    (``head.set_text_tower``).
+    (``head.set_text_tower``). A head that trains inside the image tower
+    (VPT, MaPLe, CLIP-LoRA: ``head.uses_image_tower``) is handed
+    ``OpenCLIPVisualBackbone``'s open_clip tower (``head.set_image_tower``)
+    and encodes the images itself (``head.encode_images``), with
+    gradients while training; its features are never stored.
 
     Args:
         backbone (dict): Visual encoder.
@@ -166,8 +170,27 @@ class CLIPFewShotClassifier(ImageClassifier):
             encoder.eval()
         if self.head.uses_visual_projection:
             self.visual_projection()  # fails now on a tower without one
+        if self.head.uses_image_tower:
+            self.head.set_image_tower(self._image_tower())
 
     # -- visual encoders -----------------------------------------------------
+    def _image_tower(self) -> nn.Module:
+        """open_clip's image tower, for a head that trains inside it."""
+        name = type(self.head).__name__
+        visual = getattr(self.backbone, 'visual', None)
+        if visual is None or getattr(self.backbone, 'output',
+                                     'projected') != 'projected':
+            raise ValueError(
+                f'{name} trains inside the image tower: model.backbone must '
+                "be OpenCLIPVisualBackbone(output='projected'), got "
+                f'{type(self.backbone).__name__}.')
+        if self.with_neck or self.second_backbone is not None:
+            raise ValueError(
+                f'{name} trains inside the image tower and gives the image '
+                'features itself: remove model.neck and '
+                'model.second_backbone.')
+        return visual
+
     @property
     def encoders(self) -> List[nn.Module]:
         """The frozen modules: backbone(s) and neck(s)."""
@@ -221,6 +244,10 @@ class CLIPFewShotClassifier(ImageClassifier):
             raise ValueError(
                 f'encode_image takes preprocessed images (B, 3, H, W), got '
                 f'{got}; features already encoded go to forward(feats=...).')
+        if self.head.uses_image_tower:
+            # The head's parameters are inside the tower: gradients flow
+            # when the caller computes them (training).
+            return (self.head.encode_images(inputs).float(), )
         with torch.no_grad():
             x = self.backbone(inputs)
             if self.with_neck:

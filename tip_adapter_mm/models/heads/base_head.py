@@ -103,6 +103,13 @@ class FewShotHead(ClsHead):
     #: (ProLIP): the classifier then gives it with the zero-shot weights
     #: (``set_visual_projection(weight, bias)``).
     uses_visual_projection: bool = False
+    #: Whether the head trains inside the image tower (VPT, MaPLe,
+    #: CLIP-LoRA): the classifier hands it open_clip's tower
+    #: (``set_image_tower(visual)``) and its ``encode_images(images (B, 3,
+    #: H, W)) -> (B, C)`` replaces the frozen encoder; ``fit`` then gets
+    #: ``view_feats=None`` (the few-shot images are its training set) and
+    #: no features of it are stored.
+    uses_image_tower: bool = False
 
     def __init__(self,
                  num_classes: int,

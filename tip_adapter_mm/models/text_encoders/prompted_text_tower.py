@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..utils.open_clip_towers import (BlockHook, QKVUpdate,
-                                     encode_text_embeddings)
+                                      encode_text_embeddings)
 
 #: Where the class name goes among the context vectors.
 CLASS_TOKEN_POSITIONS = ('end', 'middle', 'front')

@@ -11,6 +11,7 @@ transformer pooled at the end-of-text token. With no hook and no update
 they give what open_clip gives (tests compare them within float32
 round-off); anything else raises ``ValueError`` naming what is missing.
 """
+from functools import partial
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -23,9 +24,9 @@ BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
 #: ``(layer index, normalised block input (B, L, W)) -> (dq, dk, dv)``,
 #: each ``(B, L, W)`` or None: added to the block's query, key and value
 #: projections.
-QKVUpdate = Callable[[int, torch.Tensor], Tuple[Optional[torch.Tensor],
-                                                 Optional[torch.Tensor],
-                                                 Optional[torch.Tensor]]]
+Update = Tuple[Optional[torch.Tensor], Optional[torch.Tensor],
+               Optional[torch.Tensor]]
+QKVUpdate = Callable[[int, torch.Tensor], Update]
 
 
 def check_vit(visual: nn.Module, method: str) -> None:
@@ -124,12 +125,7 @@ def run_blocks(transformer: nn.Module,
     for i, block in enumerate(transformer.resblocks):
         if before_block is not None:
             x = before_block(i, x)
-        update = None
-        if qkv_update is not None:
-
-            def update(h, i=i):
-                return qkv_update(i, h)
-
+        update = None if qkv_update is None else partial(qkv_update, i)
         x = block_forward(block, x, attn_mask, update)
     return x
 
