@@ -71,7 +71,9 @@ class FewShotTrainLoop(EpochBasedTrainLoop):
       support views the head was fitted on (``runner.few_shot``): the fast
       path, where the encoders do no work while training.
     * A re-encoding train set (``FewShotDataset``) must draw the same shots
-      as ``fewshot_dataloader``.
+      as ``fewshot_dataloader``; ``dict(type='FewShotDataset')`` alone is
+      ``fewshot_dataloader.dataset`` (the few-shot images with its train
+      pipeline: heads that train inside the image tower).
 
     Args:
         runner, dataloader, max_epochs, val_begin, val_interval,
@@ -139,6 +141,18 @@ class FewShotTrainLoop(EpochBasedTrainLoop):
             dataset.update(views_file=builder.support_views_path,
                            num_views=builder.augment_epoch,
                            classes=list(builder.classes or ()))
+        fewshot_cfg = (runner.cfg.get('fewshot_dataloader')
+                       or {}).get('dataset')
+        if isinstance(dataset, dict) and dataset.get(
+                'type') == 'FewShotDataset' and 'dataset' not in dataset:
+            # The few-shot images themselves (heads that train inside the
+            # image tower): the same shots as fewshot_dataloader.
+            if not fewshot_cfg:
+                raise KeyError(
+                    "train_dataloader.dataset=dict(type='FewShotDataset') "
+                    'without a dataset takes fewshot_dataloader.dataset, '
+                    'which the config lacks.')
+            dataset.update(copy.deepcopy(dict(fewshot_cfg)))
         if global_batch_size == 'all':
             global_batch_size = FewShotTrainLoop.full_batch(
                 cfg, builder.augment_epoch, builder.num_support_images)
@@ -159,7 +173,7 @@ class FewShotTrainLoop(EpochBasedTrainLoop):
                 f'{cfg["batch_size"]} per process x {world_size}.')
         if not isinstance(dataset, dict):
             return cfg
-        fewshot = (runner.cfg.get('fewshot_dataloader') or {}).get('dataset')
+        fewshot = fewshot_cfg
         if fewshot and dataset.get('type') == fewshot.get('type'):
             differ = [
                 k for k in ('num_shots', 'seed', 'holdout')
