@@ -232,8 +232,11 @@ class FewShotBuilder:
         (fitted here before, or loaded from a checkpoint)."""
         model = unwrap(runner.model)
         head = model.head
-        if not model.needs_zero_shot_weights and head.is_fitted:
-            return
+        known = head.built_for(()) is not None  # remembers its classes
+        if not model.needs_zero_shot_weights and head.is_fitted and (
+                not known or (self.classes is not None
+                              and head.built_for(self.classes))):
+            return  # built here, or a checkpoint of an earlier version
         model.init_weights()  # weights of init_cfg before anything is encoded
         loader_cfg = self._loader_cfg(runner, 'fewshot')
         fewshot = DATASETS.build(loader_cfg['dataset'])
@@ -244,11 +247,16 @@ class FewShotBuilder:
             self._check_classes(classes, split)
         for split, dataset in self._datasets.items():
             self._check_disjoint(split, dataset.img_paths)
+        reprompt = known and not head.built_for(self.classes)
+        if reprompt:
+            self._forget_classes(runner, head)
         if model.needs_zero_shot_weights:
             runner.logger.info('Building zero-shot weights for '
                                f'{len(self.classes)} classes.')
-            model.build_zero_shot_weights(self.classes)
+            model.build_zero_shot_weights(self.classes,
+                                          reset_projection=not reprompt)
         if head.is_fitted:
+            head.set_class_names(self.classes)
             return
         if head.uses_image_tower:
             # Its features change while it trains: none are stored; the
@@ -258,6 +266,7 @@ class FewShotBuilder:
                 for i in range(len(fewshot))
             ])
             head.fit(None, labels.to(next(iter(head.buffers())).device))
+            head.set_class_names(self.classes)
             runner.logger.info(
                 f'{type(head).__name__} initialised for {len(fewshot)} '
                 f'few-shot images, {head.num_classes} classes; it trains '
@@ -271,11 +280,35 @@ class FewShotBuilder:
         device = next(iter(head.buffers())).device
         head.fit(tuple(f.to(device) for f in view_feats),
                  labels[0].to(device))
+        head.set_class_names(self.classes)
         dims = ' and '.join(str(f.shape[-1]) for f in view_feats)
         runner.logger.info(
             f'{type(head).__name__} fitted on {len(fewshot)} few-shot images '
             f'x {self.augment_epoch} augmented views (features of dim '
             f'{dims}), {head.num_classes} classes.')
+
+    def _forget_classes(self, runner, head) -> None:
+        """A head trained on other classes than the few-shot set's (a
+        checkpoint tested on new classes or another dataset): re-prompt it
+        if what it learned is class-agnostic, else refuse."""
+        name = type(head).__name__
+        shown = ', '.join(repr(c) for c in self.classes[:5]) + (
+            ', ...' if len(self.classes) > 5 else '')
+        if not head.class_agnostic:
+            raise ValueError(
+                f'{name} was trained or fitted on other classes than the '
+                f'few-shot set of this config ({len(self.classes)} classes: '
+                f'{shown}), and what it learned is per class, so it cannot '
+                'name these classes. Test it on the classes it was trained '
+                'on; a class-agnostic method (zero-shot CLIP, CoOp with a '
+                'shared context, CoCoOp, CLIP-Adapter, ProLIP, VPT, MaPLe, '
+                'CLIP-LoRA, Meta-Adapter) is re-prompted with new names '
+                '(docs/generalization.md).')
+        runner.logger.info(
+            f'Re-prompting {name}: it was trained on other classes; what '
+            'it learned is kept and its classifier is rebuilt for the '
+            f'{len(self.classes)} classes of the few-shot set ({shown}).')
+        head.forget_classes(len(self.classes))
 
     # -- stored features -----------------------------------------------------
     def support_views(self, runner, loader_cfg: dict,

@@ -153,7 +153,7 @@ def test_state_dict_round_trip_and_old_checkpoints(train_cache_keys):
            new['cache.values'], 'beta': new['cache.beta'],
            'alpha': new['alpha'], 'is_searched': new['is_searched']}
     assert set(new) == {'cache.keys', 'cache.values', 'cache.beta', 'alpha',
-                        'is_searched'}
+                        'is_searched', 'class_names_digest'}
     older = CacheOnlyHead(num_classes=4, train_cache_keys=train_cache_keys)
     older.load_state_dict(old, strict=True)
     assert older.searched and older.hyperparameters == {'beta': 4.5}

@@ -43,7 +43,8 @@ def test_meta_net_shapes_and_state(encoder):
     assert head.meta_up.shape == (WIDTH, WIDTH // 4)
     assert head.meta_up_bias.shape == (WIDTH, )
     assert set(head.state_dict()) == {
-        'is_searched', 'clip_logit_scale', 'zero_shot_weights', *META
+        'is_searched', 'clip_logit_scale', 'zero_shot_weights', *META,
+        'class_names_digest'
     }
     with pytest.raises(ValueError, match='no hidden layer'):
         fitted(CoCoOpHead, encoder, reduction=64)

@@ -167,7 +167,7 @@ def test_trained_head_reloads_from_its_state(encoder):
     state = head.state_dict()
     # The tower is not saved: it comes from the config's weights.
     assert set(state) == {'is_searched', 'clip_logit_scale',
-                          'zero_shot_weights', 'ctx'}
+                          'zero_shot_weights', 'ctx', 'class_names_digest'}
     fresh = CoOpHead(num_classes=N, num_context=4)
     assert not fresh.is_fitted and not fresh.has_zero_shot_weights
     fresh.load_state_dict(state)

@@ -311,13 +311,18 @@ class CLIPFewShotClassifier(ImageClassifier):
                 and not self.head.has_zero_shot_weights)
 
     @torch.no_grad()
-    def build_zero_shot_weights(self, dataset_classes: Sequence[str]) -> None:
+    def build_zero_shot_weights(self,
+                                dataset_classes: Sequence[str],
+                                reset_projection: bool = True) -> None:
         """Encode ``class name x template`` prompts into the head's
         ``zero_shot_weights`` ``(C, N)``.
 
         Args:
             dataset_classes: The class names of the few-shot dataset, in
                 label order.
+            reset_projection: Give a head that starts from the visual
+                tower's last projection (ProLIP) that projection. False
+                when a trained head is re-prompted (it keeps its own).
         """
         if self.class_names is not None:
             check_class_names(self.class_names, dataset_classes,
@@ -350,7 +355,8 @@ class CLIPFewShotClassifier(ImageClassifier):
             self.head.set_text_tower(encoder.clip, encoder.tokenizer,
                                      dataset_classes)
         del encoder
-        self.give_head_visual_projection()
+        if reset_projection:
+            self.give_head_visual_projection()
 
     # -- the visual tower's last projection (ProLIP) -------------------------
     def visual_projection(

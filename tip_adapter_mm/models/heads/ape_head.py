@@ -136,6 +136,7 @@ class APEHead(ZeroShotHead):
         clip_logit_scale, loss, topk, init_cfg: As :class:`ZeroShotHead`.
     """
 
+    class_agnostic = False  # fitted per class
     dynamic_buffers = ZeroShotHead.dynamic_buffers + ('cache_div', )
     legacy_names = {
         'cache_keys': ('cache.keys', ),

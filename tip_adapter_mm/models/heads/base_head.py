@@ -1,5 +1,6 @@
 """What every few-shot head shares: the features contract, fitting on the
 support set, and hyperparameters that a search or a fixed recipe sets."""
+import hashlib
 from collections import OrderedDict
 from typing import (Callable, Dict, List, NamedTuple, Optional, Sequence,
                     Tuple, Union)
@@ -110,6 +111,11 @@ class FewShotHead(ClsHead):
     #: ``view_feats=None`` (the few-shot images are its training set) and
     #: no features of it are stored.
     uses_image_tower: bool = False
+    #: Whether what the head learns is independent of the class list
+    #: (shared prompts, adapters on the image feature, LoRA), so that a
+    #: trained head can be re-prompted with other class names
+    #: (:meth:`forget_classes`): base-to-new, cross-dataset.
+    class_agnostic: bool = False
 
     def __init__(self,
                  num_classes: int,
@@ -123,9 +129,51 @@ class FewShotHead(ClsHead):
         # Whether the hyperparameters come from a search (saved in
         # checkpoints, so a searched checkpoint is not searched again).
         self.register_buffer('is_searched', torch.tensor(False))
+        # SHA-256 of the class names the head was built for (zeros:
+        # unknown), saved in checkpoints: a checkpoint tested on other
+        # classes is re-prompted or refused (FewShotBuilder).
+        self.register_buffer('class_names_digest',
+                             torch.zeros(32, dtype=torch.uint8))
         # name -> path of its float64 buffer; name -> constructor value.
         self._hyperparameter_paths: Dict[str, str] = OrderedDict()
         self._fixed_hyperparameters: Dict[str, float] = OrderedDict()
+
+    # -- the class list ------------------------------------------------------
+    @staticmethod
+    def digest_class_names(class_names: Sequence[str]) -> torch.Tensor:
+        """SHA-256 of the class names in label order, ``(32, )`` uint8."""
+        digest = hashlib.sha256('\n'.join(class_names).encode()).digest()
+        return torch.tensor(list(digest), dtype=torch.uint8)
+
+    def set_class_names(self, class_names: Sequence[str]) -> None:
+        """Remember (as a digest) the ``N`` class names the head is built
+        for."""
+        if len(class_names) != self.num_classes:
+            raise ValueError(
+                f'{type(self).__name__} has num_classes={self.num_classes} '
+                f'but got {len(class_names)} class names.')
+        self.class_names_digest.copy_(self.digest_class_names(class_names))
+
+    def built_for(self, class_names: Sequence[str]) -> Optional[bool]:
+        """Whether the head was built for ``class_names``; None when it
+        does not know (not built yet, or a checkpoint of an earlier
+        version)."""
+        if not bool(self.class_names_digest.any()):
+            return None
+        return torch.equal(self.class_names_digest.cpu(),
+                           self.digest_class_names(class_names))
+
+    def forget_classes(self, num_classes: int) -> None:
+        """Drop what depends on the class list, keep what was learned, and
+        take ``num_classes`` classes; the classifier then rebuilds the rest
+        from the new names (and the builder refits a head that fits on the
+        support set). Only for :attr:`class_agnostic` heads."""
+        if not self.class_agnostic:
+            raise ValueError(
+                f'{type(self).__name__} learns tensors per class: it cannot '
+                'be re-prompted with other class names.')
+        self.num_classes = int(num_classes)
+        self.class_names_digest.zero_()
 
     # -- features ------------------------------------------------------------
     def check_feats(self, feats: Features) -> Features:
@@ -299,6 +347,9 @@ class FewShotHead(ClsHead):
 
     # -- checkpoints ---------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints of earlier versions do not know their class names.
+        state_dict.setdefault(prefix + 'class_names_digest',
+                              torch.zeros(32, dtype=torch.uint8))
         for old, new_names in self.legacy_names.items():
             value = state_dict.pop(prefix + old, None)
             if value is not None:

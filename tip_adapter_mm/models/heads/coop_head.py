@@ -99,6 +99,18 @@ class CoOpHead(ZeroShotHead):
         # Not a submodule on purpose (see the class docstring).
         object.__setattr__(self, 'text_tower', None)
 
+    @property
+    def class_agnostic(self) -> bool:
+        """A shared context names any class; a context per class does
+        not."""
+        return not self.class_specific
+
+    def forget_classes(self, num_classes: int) -> None:
+        """Also drops the text tower's prompts of the old names (the
+        classifier hands the tower back with the new ones)."""
+        super().forget_classes(num_classes)
+        object.__setattr__(self, 'text_tower', None)
+
     # -- the text tower ------------------------------------------------------
     def set_text_tower(self, clip: nn.Module, tokenizer: Callable,
                        class_names: Sequence[str]) -> None:

@@ -44,6 +44,7 @@ class GDAHead(ZeroShotHead):
         clip_logit_scale, loss, topk, init_cfg: As :class:`ZeroShotHead`.
     """
 
+    class_agnostic = False  # fitted per class
     dynamic_buffers = ZeroShotHead.dynamic_buffers + ('gda_weights',
                                                       'gda_bias')
     # Earlier versions kept an (always empty) cache in GDA checkpoints.

@@ -78,6 +78,7 @@ class LPPlusPlusHead(ZeroShotHead):
             (the zero-shot logits of LP++ are not scaled).
     """
 
+    class_agnostic = False  # fitted per class
     dynamic_buffers = ZeroShotHead.dynamic_buffers + (
         'snapshot_weights', 'snapshot_bias', 'snapshot_alpha',
         'snapshot_epochs')

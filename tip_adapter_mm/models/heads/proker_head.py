@@ -153,6 +153,7 @@ class ProKeRHead(ZeroShotHead):
         loss, topk, init_cfg: As :class:`ZeroShotHead`.
     """
 
+    class_agnostic = False  # fitted per class
     dynamic_buffers = ZeroShotHead.dynamic_buffers + (
         'support_views', 'support_labels', 'centres', 'coef')
     method_name = 'ProKeR'

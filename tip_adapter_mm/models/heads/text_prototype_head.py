@@ -30,6 +30,7 @@ class TextPrototypeHead(ZeroShotHead):
             :class:`ZeroShotHead`.
     """
 
+    class_agnostic = False  # fitted per class
     dynamic_buffers = ZeroShotHead.dynamic_buffers + ('text_norms', )
     uses_text = True
 

@@ -45,6 +45,7 @@ class TipAdapterHead(ZeroShotHead):
         loss, topk, init_cfg: As :class:`ZeroShotHead`.
     """
 
+    class_agnostic = False  # fitted per class
     legacy_names = {
         'cache_keys': ('cache.keys', ),
         'cache_values': ('cache.values', ),

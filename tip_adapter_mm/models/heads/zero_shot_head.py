@@ -31,6 +31,7 @@ class ZeroShotHead(FewShotHead):
     dynamic_buffers = ('zero_shot_weights', )
     method_name = 'Zero-shot CLIP'
     uses_text = True
+    class_agnostic = True
 
     def __init__(self,
                  num_classes: int,
@@ -60,6 +61,12 @@ class ZeroShotHead(FewShotHead):
                 f'num_classes={self.num_classes}.')
         self.zero_shot_weights = zero_shot_weights.detach().float().to(
             self.is_searched.device).contiguous()
+
+    def forget_classes(self, num_classes: int) -> None:
+        """Also drops the zero-shot weights (rebuilt from the new names)."""
+        super().forget_classes(num_classes)
+        self.zero_shot_weights = torch.zeros(
+            0, self.num_classes, device=self.zero_shot_weights.device)
 
     def clip_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """``(B, C) -> (B, N)`` zero-shot logits."""
