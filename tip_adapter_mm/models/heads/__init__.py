@@ -10,12 +10,14 @@ from .dual_cache_head import DualCacheTipAdapterHead
 from .gda_head import GDAHead
 from .linear_probe_head import LinearProbeHead
 from .lp_plus_plus_head import LPPlusPlusHead
+from .maple_head import MaPLeHead
 from .ncm_head import NCMHead
 from .prolip_head import ProLIPHead
 from .proker_head import ProKeRHead
 from .taskres_head import TaskResHead
 from .text_prototype_head import TextPrototypeHead
 from .tip_adapter_head import TipAdapterHead, linear_grid
+from .vpt_head import VPTHead
 from .zero_shot_head import ZeroShotHead
 
 __all__ = [
@@ -25,5 +27,5 @@ __all__ = [
     'linear_grid', 'LinearProbeHead', 'LPPlusPlusHead',
     'ProLIPHead', 'ProKeRHead',
     'CLIPAdapterHead', 'TaskResHead', 'CLAPHead', 'TextPrototypeHead',
-    'CoOpHead', 'CoCoOpHead'
+    'CoOpHead', 'CoCoOpHead', 'VPTHead', 'MaPLeHead'
 ]

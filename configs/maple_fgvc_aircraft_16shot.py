@@ -1,0 +1,11 @@
+# MaPLe, CLIP ViT-B/16, FGVC Aircraft, 16 shots, seed 1; recipe in
+# configs/_base_/schedules/maple.py.
+_base_ = [
+    './_base_/models/maple_vit_b16.py',
+    './_base_/datasets/fgvc_aircraft_fewshot.py',
+    './_base_/schedules/maple.py',
+    './_base_/default_runtime.py',
+]
+model = dict(
+    templates={{_base_.templates}},
+    head=dict(num_classes={{_base_.num_classes}}))

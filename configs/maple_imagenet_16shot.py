@@ -1,0 +1,13 @@
+# MaPLe, CLIP ViT-B/16, ImageNet, 16 shots, seed 1; recipe in
+# configs/_base_/schedules/maple.py.
+_base_ = [
+    './_base_/models/maple_vit_b16.py',
+    './_base_/datasets/imagenet_fewshot.py',
+    './_base_/schedules/maple.py',
+    './_base_/default_runtime.py',
+]
+# The zero-shot weights of 'a photo of a {}.' only (the official code's
+# prompt; the seven-template ensemble is not needed).
+model = dict(
+    templates='default',
+    head=dict(num_classes={{_base_.num_classes}}))
