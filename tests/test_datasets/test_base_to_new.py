@@ -124,7 +124,8 @@ B2N_CONFIGS = ['tip_dtd_16shot_base.py', 'zero_shot_dtd_base.py',
 
 @pytest.mark.parametrize('name', B2N_CONFIGS)
 def test_configs_build_and_name_missing_data(name, tmp_path):
-    cfg = Config.fromfile(str(CONFIGS / 'generalization' / name))
+    cfg = Config.fromfile(
+        str(CONFIGS / 'generalization' / 'base_to_new' / name))
     subset = 'new' if name.endswith('_new.py') else 'base'
     loaders = (cfg.fewshot_dataloader.dataset.dataset,
                cfg.val_dataloader.dataset, cfg.test_dataloader.dataset)

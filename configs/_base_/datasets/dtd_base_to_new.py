@@ -1,17 +1,16 @@
 # DTD in the base-to-new setting (CoCoOp, Zhou et al., CVPR 2022): the 47
-# classes are split by label into base = the first ceil(47 / 2) = 24 and
-# new = the other 23 (BaseToNewDataset, relabelled 0..n-1). This base file
-# puts the base classes in all three loaders (shots, val, test); a config
-# testing on the new classes sets `subset='new'` in the three
-# `BaseToNewDataset` dicts and `num_classes` to 23 (see
-# configs/generalization/zero_shot_dtd_new.py). Report the harmonic mean
-# of the two test accuracies (tip_adapter_mm.evaluation.harmonic_mean;
-# docs/generalization.md). Another CoOp dataset: copy this file and change
-# the `_base_`, the class counts and the comment.
+# classes are split by label into base = the first ceil(47 / 2) = 24 and new =
+# the other 47 - 24 = 23 (BaseToNewDataset, relabelled 0..n-1). The loaders of
+# dtd_fewshot.py, each wrapped in a BaseToNewDataset of the base classes:
+# shots, val and test are all of the base classes. A config testing on the new
+# classes sets subset='new' in the three BaseToNewDataset dicts and num_classes
+# to new_classes (configs/generalization/base_to_new/*_dtd_new.py). Report the
+# harmonic mean of the two test accuracies
+# (tip_adapter_mm.evaluation.harmonic_mean; docs/generalization.md).
 _base_ = ['./dtd_fewshot.py']
 
 base_classes = 24  # ceil(47 / 2)
-new_classes = 23
+new_classes = 23  # 47 - 24
 tip_head = dict(num_classes=base_classes)
 tip_f_head = dict(num_classes=base_classes)
 
@@ -21,28 +20,16 @@ fewshot_dataloader = dict(
             _delete_=True,
             type='BaseToNewDataset',
             subset='base',
-            dataset=dict(
-                type={{_base_.dataset_type}},
-                data_root={{_base_.data_root}},
-                split='train',
-                pipeline={{_base_.train_pipeline}}))))
+            dataset={{_base_.fewshot_dataloader.dataset.dataset}})))
 val_dataloader = dict(
     dataset=dict(
         _delete_=True,
         type='BaseToNewDataset',
         subset='base',
-        dataset=dict(
-            type={{_base_.dataset_type}},
-            data_root={{_base_.data_root}},
-            split='val',
-            pipeline={{_base_.test_pipeline}})))
+        dataset={{_base_.val_dataloader.dataset}}))
 test_dataloader = dict(
     dataset=dict(
         _delete_=True,
         type='BaseToNewDataset',
         subset='base',
-        dataset=dict(
-            type={{_base_.dataset_type}},
-            data_root={{_base_.data_root}},
-            split='test',
-            pipeline={{_base_.test_pipeline}})))
+        dataset={{_base_.test_dataloader.dataset}}))

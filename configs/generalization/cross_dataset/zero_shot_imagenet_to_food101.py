@@ -1,0 +1,18 @@
+# Zero-shot CLIP, CLIP RN50, adapted on ImageNet
+# (configs/zero_shot_imagenet.py), tested on Food101's 101 classes re-prompted
+# with their names and prompt templates: tools/test.py THIS_CONFIG CHECKPOINT
+# (the ImageNet run's). The loaders are Food101's (the few-shot one names the
+# classes); the model and schedule are the ImageNet config's.
+_base_ = [
+    '../../_base_/models/tip_adapter_rn50.py',
+    '../../_base_/datasets/food101_fewshot.py',
+    '../../_base_/schedules/tip_adapter.py',
+    '../../_base_/default_runtime.py',
+]
+model = dict(
+    templates={{_base_.templates}},
+    head=dict(
+        _delete_=True,
+        type='ZeroShotHead',
+        num_classes={{_base_.num_classes}},
+        topk=(1, 5)))
