@@ -236,6 +236,33 @@ def test_trained_head_reloads_from_its_state(clip, tokenizer):
         torch.testing.assert_close(fresh((g, )), head((f, )), rtol=0, atol=0)
 
 
+def test_reprompted_with_other_names_keeps_the_prompts(clip, tokenizer):
+    """Class-agnostic: forget the classes, take 2 new names; the learned
+    tensors stay and the text features are those of the new names."""
+    head = make_head(clip, tokenizer, prompt_depth=3)
+    learned = {n: getattr(head, n).detach().clone() for n in LEARNED}
+    x = images()
+    with torch.no_grad():
+        feats = head.encode_images(x)
+    assert head.class_agnostic
+    head.forget_classes(2)
+    assert not head.has_zero_shot_weights
+    names = ('blue_sky', 'sky')
+    head.set_text_tower(clip, tokenizer, names)
+    head.set_zero_shot_weights(torch.zeros(EMBED, 2))
+    for name in LEARNED:
+        assert torch.equal(getattr(head, name), learned[name]), name
+    reference = make_head(clip, tokenizer, prompt_depth=3)
+    with torch.no_grad():
+        torch.testing.assert_close(head.encode_images(x), feats, rtol=0,
+                                   atol=0)
+        text = head.text_features()
+        assert text.shape == (2, EMBED)
+        # The second new name is the third old one: the same features.
+        torch.testing.assert_close(text[1], reference.text_features()[2],
+                                   rtol=0, atol=1e-6)
+
+
 def test_errors(clip, tokenizer):
     with pytest.raises(ValueError, match='prompt_depth must be >= 1'):
         MaPLeHead(num_classes=N, prompt_depth=0)

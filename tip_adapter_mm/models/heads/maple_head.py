@@ -111,6 +111,13 @@ class MaPLeHead(ZeroShotHead):
         object.__setattr__(self, 'text_tower', None)
         object.__setattr__(self, 'image_tower', None)
 
+    def forget_classes(self, num_classes: int) -> None:
+        """Also drops the text tower's prompts of the old names (the
+        classifier hands the tower back with the new ones); the learned
+        prompts and coupling layers stay."""
+        super().forget_classes(num_classes)
+        object.__setattr__(self, 'text_tower', None)
+
     # -- the towers ----------------------------------------------------------
     def fixed_words(self, tokenizer: Callable) -> str:
         """The words of ``context_init`` after its first ``M`` tokens,
