@@ -6,8 +6,6 @@ _base_ = [
     './_base_/schedules/maple.py',
     './_base_/default_runtime.py',
 ]
-# The zero-shot weights of 'a photo of a {}.' only (the official code's
-# prompt; the seven-template ensemble is not needed).
 model = dict(
-    templates='default',
+    templates={{_base_.templates}},
     head=dict(num_classes={{_base_.num_classes}}))

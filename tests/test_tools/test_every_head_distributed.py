@@ -96,6 +96,26 @@ CASES: Dict[str, Tuple[str, str, str, str]] = {
                f'train_cfg = dict(max_epochs={EPOCHS})\n'
                'param_scheduler = None\n'
                'optim_wrapper = dict(optimizer=dict(lr=1e-3))\n'),
+    # VPT: 2 deep prompt tokens in the tiny 1-layer ViT; MaPLe: coupled
+    # prompts at depth 1 (the tiny towers' only layer). Both re-encode the
+    # few-shot images at every step: a fixed resize, so that the 2 ranks'
+    # half-batches draw nothing at random.
+    'vpt': ('vpt_vit_b16', 'vpt', 'num_prompts=2',
+            TRAIN + 'optim_wrapper = dict(optimizer=dict(lr=0.5))\n'
+            'train_dataloader = dict(num_workers=0, '
+            'persistent_workers=False)\n'
+            "fewshot_dataloader['dataset']['dataset']['pipeline'] = [\n"
+            "    dict(type='LoadImageFromFile'),\n"
+            "    dict(type='Resize', scale=(224, 224)),\n"
+            "    dict(type='PackInputs')]\n"),
+    'maple': ('maple_vit_b16', 'maple', 'prompt_depth=1',
+              TRAIN + 'optim_wrapper = dict(optimizer=dict(lr=0.5))\n'
+              'train_dataloader = dict(num_workers=0, '
+              'persistent_workers=False)\n'
+              "fewshot_dataloader['dataset']['dataset']['pipeline'] = [\n"
+              "    dict(type='LoadImageFromFile'),\n"
+              "    dict(type='Resize', scale=(224, 224)),\n"
+              "    dict(type='PackInputs')]\n"),
 }
 
 
@@ -279,7 +299,7 @@ def test_runs_are_not_trivial(runs):
     }
     trained = {case for case, r in one.items() if r['trains']}
     assert trained == {'tip_f', 'taskres', 'clap', 'clip_adapter', 'prolip',
-                       'coop', 'cocoop'}
+                       'coop', 'cocoop', 'vpt', 'maple'}
     for case in trained:
         assert one[case]['trainable'], case
         for name, step in updates(one[case]).items():

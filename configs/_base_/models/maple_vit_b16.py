@@ -13,7 +13,8 @@ model = dict(
         type='OpenCLIPTextEncoder', model_name='ViT-B-16',
         pretrained='openai'),
     # The prompts are learned; the head still keeps the zero-shot weights
-    # of these templates, unused by its logits.
+    # of these templates (the experiment configs set the dataset's),
+    # unused by its logits.
     templates='default',
     head=dict(
         _delete_=True,

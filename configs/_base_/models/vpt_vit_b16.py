@@ -13,9 +13,10 @@ model = dict(
     text_encoder=dict(
         type='OpenCLIPTextEncoder', model_name='ViT-B-16',
         pretrained='openai'),
-    # The zero-shot weights of these templates are VPT's text classifier
-    # (MaPLe's VPT baseline: 'a photo of a {}.'; the experiment configs
-    # set the dataset's).
+    # The zero-shot weights of these templates are VPT's text classifier.
+    # The experiment configs set the dataset's hand-crafted prompts (the
+    # ImageNet ensemble of 7); MaPLe's VPT baseline uses 'a photo of a
+    # {}.' for every dataset ('default').
     templates='default',
     head=dict(
         _delete_=True,

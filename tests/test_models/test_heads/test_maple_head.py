@@ -312,6 +312,7 @@ def test_recipe_from_the_configs():
         base = Config.fromfile(
             str(CONFIGS / f'_base_/datasets/{dataset}_fewshot.py'))
         assert head.num_classes == base.num_classes
+        assert cfg.model.templates == base.templates  # hand-crafted
 
 
 def test_train_then_test_through_the_tools(tiny_clip, image_folders,

@@ -271,6 +271,7 @@ def test_recipe_from_the_configs():
         base = Config.fromfile(
             str(CONFIGS / f'_base_/datasets/{dataset}_fewshot.py'))
         assert head.num_classes == base.num_classes
+        assert cfg.model.templates == base.templates  # hand-crafted
         assert cfg.train_cfg.max_epochs == 5
 
 

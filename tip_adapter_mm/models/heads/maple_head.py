@@ -103,7 +103,9 @@ class MaPLeHead(ZeroShotHead):
         self.prompt_depth = int(prompt_depth)
         self.init_std = float(init_std)
         self.ctx = nn.Parameter(torch.zeros(0, 0))
-        self.deep_ctx = nn.Parameter(torch.zeros(0, 0, 0))
+        # Empty at J = 1: nothing to learn there (so not trainable).
+        self.deep_ctx = nn.Parameter(
+            torch.zeros(0, 0, 0), requires_grad=self.prompt_depth > 1)
         self.proj_weight = nn.Parameter(torch.zeros(0, 0, 0))
         self.proj_bias = nn.Parameter(torch.zeros(0, 0))
         self._tokenizer: Optional[Callable] = None
