@@ -47,8 +47,11 @@ class FewShotRunner(Runner):
         if self._trains and hasattr(model, 'head'):
             self.model = model.to(get_device())
             self.few_shot.build_cache(self)
+            # (A head that trains inside the image tower validates on
+            # images: its features change while it trains.)
             if (self.few_shot.selects and self.cfg.get('val_dataloader')
-                    and self.cfg.get('val_cfg')):
+                    and self.cfg.get('val_cfg')
+                    and not model.head.uses_image_tower):
                 self.few_shot.split_features(self, 'val')
         return super().wrap_model(model_wrapper_cfg, model)
 
