@@ -130,6 +130,8 @@ SPECS = [
          kind='trained'),
     Spec('cocoop', 'CoCoOp', 'CoCoOpHead', 'cocoop_imagenet_16shot.py',
          kind='trained'),
+    Spec('meta_adapter', 'Meta-Adapter', 'MetaAdapterHead',
+         'meta_adapter_imagenet_16shot.py', kind='trained'),
 ]
 
 

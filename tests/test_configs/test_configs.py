@@ -51,7 +51,7 @@ OTHER_EXPERIMENTS = [
 ]
 #: Experiment prefixes of the other methods that train (a train_cfg).
 TRAINED_PREFIXES = ('prolip_', 'clip_adapter_', 'taskres_', 'clap_',
-                    'coop_', 'cocoop_')
+                    'coop_', 'cocoop_', 'meta_adapter_')
 #: Methods trained with their official Dassl recipe (warm-up epoch, cosine
 #: per epoch, last epoch, nothing searched; the recipes themselves are
 #: checked in tests/test_models/test_heads/): prefix -> (global batch,
@@ -63,6 +63,10 @@ DASSL_RECIPES = {
     'coop_': (32, ['head.ctx']),
     'cocoop_': (1, ['head.ctx', 'head.meta_down', 'head.meta_down_bias',
                     'head.meta_up', 'head.meta_up_bias']),
+    # Not Dassl (AdamW, cosine per iteration), but the same checks hold:
+    # last epoch, nothing searched, stored views.
+    'meta_adapter_': (64, ['head.q_proj', 'head.k_proj', 'head.gate_weight',
+                           'head.gate_bias']),
 }
 #: few_shot_cfg.augment_epoch of recipes that store another number of
 #: views than Tip-Adapter's 10 (ProLIP: 300, one per epoch).
@@ -74,7 +78,7 @@ def dataset_of(name: str) -> str:
     for prefix in ('tip_f_', 'tip_', 'ape_', 'gda_', 'ncm_', 'zero_shot_',
                    'linear_probe_', 'lp_plus_plus_', 'prolip_', 'proker_',
                    'clip_adapter_', 'taskres_', 'clap_', 'coop_',
-                   'cocoop_'):
+                   'cocoop_', 'meta_adapter_'):
         if name.startswith(prefix):
             stem = name[len(prefix):]
             break

@@ -96,6 +96,11 @@ CASES: Dict[str, Tuple[str, str, str, str]] = {
                f'train_cfg = dict(max_epochs={EPOCHS})\n'
                'param_scheduler = None\n'
                'optim_wrapper = dict(optimizer=dict(lr=1e-3))\n'),
+    # Meta-Adapter: the class-agnostic attention over each class's support
+    # features (AdamW; lr 1e-2 so that 6 steps move every tensor).
+    'meta_adapter': (
+        'meta_adapter_rn50', 'meta_adapter', '',
+        TRAIN + 'optim_wrapper = dict(optimizer=dict(lr=1e-2))\n'),
     # VPT: 2 deep prompt tokens in the tiny 1-layer ViT; MaPLe: coupled
     # prompts at depth 1 (the tiny towers' only layer). Both re-encode the
     # few-shot images at every step: a fixed resize, so that the 2 ranks'
@@ -299,7 +304,8 @@ def test_runs_are_not_trivial(runs):
     }
     trained = {case for case, r in one.items() if r['trains']}
     assert trained == {'tip_f', 'taskres', 'clap', 'clip_adapter', 'prolip',
-                       'coop', 'cocoop', 'vpt', 'maple'}
+                       'coop', 'cocoop', 'vpt', 'maple',
+                       'meta_adapter'}
     for case in trained:
         assert one[case]['trainable'], case
         for name, step in updates(one[case]).items():

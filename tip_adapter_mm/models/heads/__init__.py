@@ -10,6 +10,7 @@ from .dual_cache_head import DualCacheTipAdapterHead
 from .gda_head import GDAHead
 from .linear_probe_head import LinearProbeHead
 from .lp_plus_plus_head import LPPlusPlusHead
+from .meta_adapter_head import MetaAdapterHead
 from .maple_head import MaPLeHead
 from .ncm_head import NCMHead
 from .prolip_head import ProLIPHead
@@ -27,5 +28,6 @@ __all__ = [
     'linear_grid', 'LinearProbeHead', 'LPPlusPlusHead',
     'ProLIPHead', 'ProKeRHead',
     'CLIPAdapterHead', 'TaskResHead', 'CLAPHead', 'TextPrototypeHead',
-    'CoOpHead', 'CoCoOpHead', 'VPTHead', 'MaPLeHead'
+    'CoOpHead', 'CoCoOpHead', 'VPTHead', 'MaPLeHead',
+    'MetaAdapterHead'
 ]

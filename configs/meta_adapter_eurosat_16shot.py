@@ -1,0 +1,12 @@
+# Meta-Adapter, CLIP RN50, eurosat, 16 shots, seed 1;
+# recipe in configs/_base_/schedules/meta_adapter.py (the official
+# configs/eurosat.yaml).
+_base_ = [
+    './_base_/models/meta_adapter_rn50.py',
+    './_base_/datasets/eurosat_fewshot.py',
+    './_base_/schedules/meta_adapter.py',
+    './_base_/default_runtime.py',
+]
+model = dict(
+    templates={{_base_.templates}},
+    head=dict(num_classes={{_base_.num_classes}}))
