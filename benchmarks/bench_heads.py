@@ -130,8 +130,11 @@ SPECS = [
          kind='trained'),
     Spec('cocoop', 'CoCoOp', 'CoCoOpHead', 'cocoop_imagenet_16shot.py',
          kind='trained'),
-    Spec('meta_adapter', 'Meta-Adapter', 'MetaAdapterHead',
-         'meta_adapter_imagenet_16shot.py', kind='trained'),
+    # Inside the image tower: random images through a random ViT-B/16
+    # (tiny with --quick), a few steps of the recipe's batch.
+    Spec('vpt', 'VPT', 'VPTHead', 'vpt_imagenet_16shot.py', kind='trained'),
+    Spec('maple', 'MaPLe', 'MaPLeHead', 'maple_imagenet_16shot.py',
+         kind='trained'),
 ]
 
 
@@ -311,30 +314,44 @@ def build_head(head: dict, data: dict, device):
     if hasattr(module, 'set_visual_projection'):
         module.set_visual_projection(data['proj_weight'].to(device),
                                      data['proj_bias'].to(device))
-    if getattr(module, 'uses_text_tower', False):
+    image_tower = getattr(module, 'uses_image_tower', False)
+    if getattr(module, 'uses_text_tower', False) or image_tower:
         clip, tokenizer = random_text_tower(data['text'].shape[0],
-                                            data['quick'])
+                                            data['quick'], image_tower)
+        clip.to(device)
+    if getattr(module, 'uses_text_tower', False):
         module.set_text_tower(clip, tokenizer, [
             f'class {i}' for i in range(module.num_classes)])
+    if image_tower:
+        module.set_image_tower(clip.visual)
     return module
 
 
-def random_text_tower(dim: int, quick: bool):
+def random_text_tower(dim: int, quick: bool, vit: bool = False):
     """An open_clip CLIP with random weights whose text tower is RN50's
     (width 512, 12 layers; ``quick``: width 32, 1 layer) projecting to
-    ``dim``, and open_clip's tokenizer (CoOp's prompts run through it)."""
+    ``dim``, and open_clip's tokenizer (CoOp's prompts run through it).
+    ``vit``: with ViT-B/16's image tower (224 px, patch 16, width 768, 12
+    layers; ``quick``: 32 px, width 32) and 12 text layers also with
+    ``quick``, for the heads that train inside the towers."""
     import open_clip
     from open_clip.model import CLIP
-    text = (dict(width=32, heads=1, layers=1) if quick else
+    text = (dict(width=32, heads=1, layers=12 if vit else 1) if quick else
             dict(width=512, heads=8, layers=12))
-    clip = CLIP(embed_dim=dim,
-                vision_cfg=dict(image_size=32, patch_size=16, width=32,
-                                layers=1, head_width=32),
+    vision = dict(image_size=32, patch_size=16, width=32, layers=1,
+                  head_width=32)
+    if vit:
+        vision = (dict(vision, layers=12) if quick else
+                  dict(image_size=224, patch_size=16, width=768, layers=12,
+                       head_width=64))
+    clip = CLIP(embed_dim=dim, vision_cfg=vision,
                 text_cfg=dict(context_length=77, vocab_size=49408, **text))
     return clip.eval().requires_grad_(False), open_clip.get_tokenizer('RN50')
 
 
 def fit_inputs(head, data: dict, device) -> Tuple[tuple, object]:
+    if getattr(head, 'uses_image_tower', False):
+        return None, data['labels'].to(device)  # fitted without views
     if type(head).__name__ == 'ProLIPHead':
         views = (data['views_pre'].to(device), )
     elif getattr(head, 'num_feature_sets', 1) == 2:
@@ -524,8 +541,10 @@ def train_epochs(head, cfg, plan: dict, views, labels, meter: Meter,
     from mmengine.registry import DefaultScope
 
     from mmpretrain.structures import DataSample
-    device = views.device
+    device = labels.device
     num_views, num_images = views.shape[:2]
+    image_tower = getattr(head, 'uses_image_tower', False)
+    size = head.image_tower.image_size[0] if image_tower else 0
     samples = [DataSample().set_gt_label(int(y)).to(device)
                for y in labels.tolist()]
     with DefaultScope.overwrite_default_scope('mmpretrain'):
@@ -548,8 +567,12 @@ def train_epochs(head, cfg, plan: dict, views, labels, meter: Meter,
             view_idx, images = flat // num_images, flat % num_images
         for start in range(0, len(images), plan['batch']):
             img = images[start:start + plan['batch']]
-            x = views[view_idx[start:start + plan['batch']].to(device),
-                      img.to(device)]
+            if image_tower:  # random images, encoded by the head
+                x = head.encode_images(torch.randn(
+                    len(img), 3, size, size, generator=g).to(device))
+            else:
+                x = views[view_idx[start:start + plan['batch']].to(device),
+                          img.to(device)]
             if head.normalize_inputs:
                 x = F.normalize(x, dim=-1)
             losses = head.loss((x, ), [samples[i] for i in img.tolist()])
@@ -633,9 +656,12 @@ def run_spec(spec: Spec, args) -> dict:
     row['fit_how'] = 'measured'
     val, val_labels = val_inputs(head, data, device)
     if spec.kind == 'trained':
-        plan = recipe(cfg, views[0].shape[1], views[0].shape[0])
+        # Heads inside the image tower: one image per few-shot sample
+        # and step, no views (only their shape is read).
+        train_views = (data['views'][:1] if views is None else views[0])
+        plan = recipe(cfg, train_views.shape[1], train_views.shape[0])
         row['recipe'] = plan
-        train = train_epochs(head, cfg, plan, views[0], labels, meter,
+        train = train_epochs(head, cfg, plan, train_views, labels, meter,
                              budget, args.min_epochs, args.seed)
         row.update(train_seconds=train['seconds'],
                    train_peak_bytes=train['peak_bytes'],

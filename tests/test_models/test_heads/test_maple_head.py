@@ -268,8 +268,11 @@ def test_errors(clip, tokenizer):
         MaPLeHead(num_classes=N, prompt_depth=0)
     with pytest.raises(ValueError, match='prompt_depth=9 but the image'):
         MaPLeHead(num_classes=N).set_image_tower(clip.visual)
+    with pytest.raises(ValueError, match='prompt_depth=9 but the text'):
+        MaPLeHead(num_classes=N).set_text_tower(clip, tokenizer, CLASSES)
     with pytest.raises(ValueError, match='num_context=5 must be'):
-        MaPLeHead(num_classes=N, num_context=5).set_text_tower(
+        MaPLeHead(num_classes=N, num_context=5,
+                  prompt_depth=2).set_text_tower(
             clip, tokenizer, CLASSES)
     with pytest.raises(ValueError, match='num_classes=3 but got 2'):
         MaPLeHead(num_classes=N).set_text_tower(clip, tokenizer,

@@ -149,6 +149,11 @@ class MaPLeHead(ZeroShotHead):
             raise ValueError(
                 f'MaPLeHead has num_classes={self.num_classes} but got '
                 f'{len(class_names)} class names.')
+        layers = len(clip.transformer.resblocks)
+        if self.prompt_depth > layers:
+            raise ValueError(
+                f'MaPLeHead: prompt_depth={self.prompt_depth} but the text '
+                f'tower has {layers} layers.')
         rest = self.fixed_words(tokenizer)
         names = [f'{rest} {name}' if rest else name for name in class_names]
         tower = PromptedTextTower(clip, tokenizer, names, self.num_context,
