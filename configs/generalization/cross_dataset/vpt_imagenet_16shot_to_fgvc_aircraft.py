@@ -1,0 +1,14 @@
+# VPT, CLIP ViT-B/16, adapted on ImageNet (configs/vpt_imagenet_16shot.py),
+# tested on FGVC-Aircraft's 100 classes re-prompted with their names and prompt
+# templates: tools/test.py THIS_CONFIG CHECKPOINT (the ImageNet run's). The
+# loaders are FGVC-Aircraft's (the few-shot one names the classes); the model
+# and schedule are the ImageNet config's.
+_base_ = [
+    '../../_base_/models/vpt_vit_b16.py',
+    '../../_base_/datasets/fgvc_aircraft_fewshot.py',
+    '../../_base_/schedules/vpt.py',
+    '../../_base_/default_runtime.py',
+]
+model = dict(
+    templates={{_base_.templates}},
+    head=dict(num_classes={{_base_.num_classes}}))
