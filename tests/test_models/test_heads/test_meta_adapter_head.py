@@ -1,24 +1,32 @@
 """MetaAdapterHead against a NumPy implementation of the official module
 (ArsenalCheng/Meta-Adapter main.py, MetaAdapter), its gradients, its
-class-agnostic transfer to other classes, its recipe in the configs and a
-train-then-test run through the tools."""
+class-agnostic transfer to other classes, its recipe in the configs, and
+train on base classes then test on base and new classes through the
+tools."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS
+from conftest import CONFIGS, python_tool, run_tool, tiny_config
 from mmengine.config import Config
+from PIL import Image
 from trained_head_checks import (DATASETS, numpy_cross_entropy,
-                                 random_inputs, read_schedule, samples, top1,
-                                 train_then_test)
+                                 random_inputs, read_schedule, samples, top1)
 
-from tip_adapter_mm.models import MetaAdapterHead
-from tip_adapter_mm.models.utils import get_templates
+from tip_adapter_mm.models import MetaAdapterHead, OpenCLIPTextEncoder
+from tip_adapter_mm.models.heads import FewShotHead
+from tip_adapter_mm.models.utils import build_zero_shot_weights, get_templates
 
 C, N = 16, 4
 ADAPTER = ['q_proj', 'k_proj', 'gate_weight', 'gate_bias']
 #: Images per class of fitted_head(): uneven, so padding is exercised.
 LABELS = torch.tensor([2, 0, 1, 0, 3, 2, 0, 1, 3, 0])
+#: Four classes for base-to-new: base = the first two labels.
+COLOURS = {'a_red': (200, 40, 40), 'b_green': (40, 200, 40),
+           'c_blue': (40, 40, 200), 'd_yellow': (200, 200, 40)}
+NEW = ['c_blue', 'd_yellow']
 
 
 def fitted_head(seed=0, labels=LABELS, num_classes=N, views=3):
@@ -158,6 +166,7 @@ def test_trained_head_applies_to_other_classes_without_training():
         seed=7, labels=labels_b, num_classes=5)
     head.forget_classes(5)
     assert not head.is_fitted and not head.has_zero_shot_weights
+    assert head.support.numel() == 0 and head.num_classes == 5
     head.set_zero_shot_weights(text_b)
     head.fit((views_b, ), labels_b)  # no gradient, no step
     for name in ADAPTER:
@@ -236,24 +245,86 @@ def test_recipe_from_the_configs():
     assert get_templates('dtd') == ('{} texture.', )
 
 
-def test_train_then_test_through_the_tools(tiny_clip, image_folders,
-                                           tmp_path):
-    run = train_then_test(
-        tiny_clip, image_folders, tmp_path, 'meta_adapter',
-        "dict(_delete_=True, type='MetaAdapterHead', num_classes=3, "
+@pytest.fixture(scope='module')
+def four_classes(tmp_path_factory) -> Path:
+    """train/ (4 per class), val/ (2), test/ (3) of 4 coloured classes:
+    base = the first two labels, new = the last two."""
+    root = tmp_path_factory.mktemp('four')
+    rng = np.random.default_rng(0)
+    for split, count in (('train', 4), ('val', 2), ('test', 3)):
+        for name, colour in COLOURS.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                noise = rng.normal(0, 40, (32, 32, 3))
+                img = np.clip(np.array(colour) + noise, 0, 255)
+                Image.fromarray(img.astype(np.uint8)).save(
+                    root / split / name / f'{i}.jpg')
+    return root
+
+
+def subset_config(path: Path, tiny_clip, root: Path, subset: str) -> Path:
+    """Meta-Adapter's real bases on the tiny CLIP, 2 shots of the
+    ``subset`` classes (BaseToNewDataset), 2 epochs of batch 4."""
+    def wrap(split, pipeline):
+        return (f"dict(_delete_=True, type='BaseToNewDataset', "
+                f"subset={subset!r}, dataset=dict(type='CustomDataset', "
+                f"data_root=data_root, data_prefix={split!r}, "
+                f"pipeline={{{{_base_.{pipeline}}}}}))")
+    extra = ('train_cfg = dict(max_epochs=2, global_batch_size=4)\n'
+             f"fewshot_dataloader = dict(dataset=dict(num_shots=2, "
+             f"dataset={wrap('train', 'train_pipeline')}))\n"
+             f"val_dataloader = dict(dataset={wrap('val', 'test_pipeline')})\n"
+             f"test_dataloader = dict(dataset={wrap('test', 'test_pipeline')})"
+             '\n')
+    return tiny_config(
+        path, tiny_clip, root, num_shots=2, schedule='meta_adapter',
+        model_base='meta_adapter_rn50', extra=extra,
+        head="dict(_delete_=True, type='MetaAdapterHead', num_classes=2, "
         'topk=(1, ))')
-    assert 'MetaAdapterHead fitted on 12 few-shot images x 3' in \
-        run['trained']
-    assert 'Epoch(val)' not in run['trained']  # protocol 'none'
-    first, last = run['states'][1], run['states'][2]
-    assert last['head.q_proj'].shape == (32, 32)
-    assert last['head.support'].shape == (3, 4, 32)
-    for name in ADAPTER:
-        assert not torch.equal(first[f'head.{name}'],
-                               last[f'head.{name}']), name
-    for name in last:  # nothing else trains
+
+
+def test_trained_on_base_then_tested_on_new_classes_through_the_tools(
+        tiny_clip, four_classes, tmp_path):
+    """tools/train.py on the base classes; tools/test.py of that checkpoint
+    on the new classes: the head is re-prompted and fitted on the new
+    classes' shots, the adapter unchanged (the paper's online setting)."""
+    base = subset_config(tmp_path / 'base.py', tiny_clip, four_classes,
+                         'base')
+    new = subset_config(tmp_path / 'new.py', tiny_clip, four_classes, 'new')
+    work = tmp_path / 'work'
+    trained_log = run_tool(
+        python_tool('train.py', str(base), '--work-dir', str(work)))
+    assert 'MetaAdapterHead fitted on 4 few-shot images x 3' in trained_log
+    assert 'Epoch(val)' not in trained_log  # protocol 'none'
+    assert 0 <= top1(trained_log) <= 100  # tested after training
+    states = [torch.load(work / f'epoch_{e}.pth',
+                         weights_only=False)['state_dict'] for e in (1, 2)]
+    for name in ADAPTER:  # the adapter trains ...
+        assert not torch.equal(states[0][f'head.{name}'],
+                               states[1][f'head.{name}']), name
+    for name in states[1]:  # ... and nothing else
         if name[len('head.'):] not in ADAPTER:
-            assert torch.equal(first[name], last[name]), name
-    # The saved last epoch gives the reported test accuracy again.
-    assert top1(run['tested']) == top1(run['trained'])
-    assert ' fitted on ' not in run['tested']
+            assert torch.equal(states[0][name], states[1][name]), name
+    checkpoint = work / 'epoch_2.pth'
+
+    saved = tmp_path / 'new_model.pth'
+    log = run_tool(
+        python_tool('test.py', str(new), str(checkpoint), '--work-dir',
+                    str(tmp_path / 'test_new'), '--save-model', str(saved)))
+    assert 'Re-prompting MetaAdapterHead' in log
+    assert "'c_blue', 'd_yellow'" in log
+    assert 'MetaAdapterHead fitted on 4 few-shot images x 3' in log
+    trained = states[1]
+    adapted = torch.load(saved, weights_only=False)['state_dict']
+    for name in ADAPTER:  # kept as trained
+        assert torch.equal(adapted[f'head.{name}'], trained[f'head.{name}'])
+    assert torch.equal(adapted['head.class_names_digest'],
+                       FewShotHead.digest_class_names(NEW))
+    # The support is the new classes' 2 shots, their text embeddings the
+    # new names'.
+    assert adapted['head.support'].shape == (2, 2, 32)
+    assert bool(adapted['head.support_mask'].all())
+    assert not torch.equal(adapted['head.support'], trained['head.support'])
+    encoder = OpenCLIPTextEncoder(**tiny_clip)
+    expected = build_zero_shot_weights(encoder, NEW, get_templates('default'))
+    torch.testing.assert_close(adapted['head.zero_shot_weights'], expected)
