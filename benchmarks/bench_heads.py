@@ -135,6 +135,8 @@ SPECS = [
     Spec('vpt', 'VPT', 'VPTHead', 'vpt_imagenet_16shot.py', kind='trained'),
     Spec('maple', 'MaPLe', 'MaPLeHead', 'maple_imagenet_16shot.py',
          kind='trained'),
+    Spec('meta_adapter', 'Meta-Adapter', 'MetaAdapterHead',
+         'meta_adapter_imagenet_16shot.py', kind='trained'),
 ]
 
 
