@@ -6,6 +6,7 @@ and plot every result the work directory holds.
         [--work-dir work_dirs/sweep] [--gpus N]
         [--launcher {none,pytorch,slurm,mpi}] [--cfg-options k=v ...]
         [--keep-models] [--dry-run]
+        [--setting {few_shot,base_to_new,cross_dataset,domain_shift}]
 
 Each CONFIG is one dataset and one method (e.g. configs/tip_imagenet_16shot.py
 or configs/gda_dtd_16shot.py): the grid is methods x datasets (the configs)
@@ -36,6 +37,28 @@ published figure beside it with its source) and ``results.png`` (a panel per
 dataset) plus ``results_<dataset>.png``: top-1 vs shots, one line per method
 and protocol, std error bars. A table that would lose a row of the previous
 one is kept as ``results.<time>.md/.csv`` first.
+
+``--setting`` (docs/generalization.md; default ``few_shot``, the above):
+
+- ``base_to_new``: the CONFIGs are ``<method>_<dataset>_base.py`` files
+  (configs/generalization/base_to_new/). A cell runs its config (adapted
+  and tested on the base classes), then ``tools/test.py`` of the
+  ``<method>_<dataset>_new.py`` beside it with the model the cell tested
+  (its ``final_searched.pth``, last ``epoch_N.pth`` or
+  ``adapted_model.pth``): the new classes. The record holds ``base``,
+  ``new`` and ``H`` (their harmonic mean); the table base / new / H per
+  dataset and method, an average row (H of the average base and new
+  accuracies, as CoCoOp's tables) and the published H beside it.
+- ``cross_dataset`` / ``domain_shift``: the CONFIGs are ImageNet configs
+  (e.g. configs/coop_imagenet_16shot.py); after the cell's own run, each
+  target config ``<CONFIG dir>/generalization/cross_dataset/<stem>_to_*.py``
+  (cross-dataset) or ``<CONFIG dir>/generalization/<stem>_to_*.py``
+  (domain shift) is tested with the cell's model; the table has a column
+  per target and their average.
+
+These settings keep their cells and tables in ``<work-dir>/<setting>/``
+(same guarantees: records rebuilt from every cell, nothing overwritten,
+finished cells skipped) and share ``<work-dir>/feature_cache``.
 """
 import argparse
 import copy
@@ -104,6 +127,12 @@ SOURCES: Dict[str, Source] = {
     'ProLIP paper': Source(
         'ProLIP, arXiv 2410.05270 (read from a figure; mean of 10 seeds)',
         'none (validation-free)'),
+    'MaPLe README': Source(
+        'README of the official code, muzairkhattak/multimodal-prompt-'
+        'learning (M. U. Khattak et al., MaPLe, CVPR 2023, arXiv '
+        '2210.03117, Table 1): base-to-new averages over the 11 datasets, '
+        '3 seeds',
+        "the methods' fixed recipes, last epoch"),
     'CLIP-SVD README': Source(
         'README of HealthX-Lab/CLIP-SVD (third-party table, 3 seeds)',
         'not stated'),
@@ -162,6 +191,34 @@ PAPER: Dict[Tuple[str, str, str, int], Published] = {
         'Linear probe': 78.39, 'LP++': 80.32, 'ProKeR': 82.01}),
 }
 
+#: The generalisation settings of ``--setting`` (docs/generalization.md).
+SETTINGS = ('few_shot', 'base_to_new', 'cross_dataset', 'domain_shift')
+
+
+class PublishedB2N(NamedTuple):
+    """Published base-to-new accuracies (%): base, new, their harmonic
+    mean H, and the key of the source in :data:`SOURCES`."""
+    base: float
+    new: float
+    H: float
+    source: str
+
+
+#: Published base-to-new figures, keyed like :data:`PAPER` (16 shots; 0 =
+#: zero-shot CLIP): the 11-dataset averages, ViT-B/16.
+PAPER_B2N: Dict[Tuple[str, str, str, int], PublishedB2N] = {
+    (AVERAGE, ZERO_SHOT, 'ViT-B-16', 0): PublishedB2N(
+        69.34, 74.22, 71.70, 'MaPLe README'),
+    (AVERAGE, 'CoOp', 'ViT-B-16', 16): PublishedB2N(
+        82.69, 63.22, 71.66, 'MaPLe README'),
+    (AVERAGE, 'CoCoOp', 'ViT-B-16', 16): PublishedB2N(
+        80.47, 71.69, 75.83, 'MaPLe README'),
+    (AVERAGE, 'MaPLe', 'ViT-B-16', 16): PublishedB2N(
+        82.28, 75.14, 78.55, 'MaPLe README'),
+    (AVERAGE, 'CLIP-LoRA', 'ViT-B-16', 16): PublishedB2N(
+        84.10, 74.80, 79.18, 'CLIP-SVD README'),
+}
+
 #: Table names by config-file prefix (the dataset follows the prefix), for
 #: a config whose head class is not registered (yet); longest first.
 PREFIX_METHODS: Dict[str, str] = {
@@ -214,6 +271,12 @@ class Experiment:
     head: Dict[str, Any] = field(default_factory=dict)
     #: The config's own ``few_shot_cfg.protocol`` (default 'val').
     protocol: str = 'val'
+    #: ``--setting`` of the sweep (:data:`SETTINGS`).
+    setting: str = 'few_shot'
+    #: (name, config) of the configs tested with the cell's model after
+    #: its own run: ('new', <..._new.py>) for base-to-new, (target, config)
+    #: for cross-dataset and domain shift; none for few-shot.
+    tests: List[Tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -289,6 +352,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         '--dry-run', action='store_true',
         help='print the commands of the cells still to run, run nothing')
+    parser.add_argument(
+        '--setting', choices=SETTINGS, default='few_shot',
+        help='few_shot (default): each config on its own test split. '
+        'base_to_new: CONFIGs are <method>_<dataset>_base.py; each cell '
+        'then tests the _new.py beside it with its model (base, new, H). '
+        'cross_dataset / domain_shift: CONFIGs are ImageNet configs; each '
+        'cell then tests the target configs generalization/cross_dataset/'
+        '<stem>_to_*.py / generalization/<stem>_to_*.py (beside the '
+        'CONFIG) with its model. Cells and tables of a setting go to '
+        '<work-dir>/<setting>/')
     args = parser.parse_args(argv)
     if any(k < 1 for k in args.shots):
         parser.error(f'--shots must be >= 1, got {args.shots}')
@@ -348,9 +421,10 @@ def names_from_stem(stem: str, method: str,
     return dataset or name, method
 
 
-def load_experiment(path: str, cfg_options: Dict[str, Any]) -> Experiment:
+def load_experiment(path: str, cfg_options: Dict[str, Any],
+                    setting: str = 'few_shot') -> Experiment:
     """Read a config (with the sweep's ``--cfg-options``) and check that the
-    sweep can drive it.
+    sweep can drive it in ``setting`` (:func:`setting_tests`).
 
     Raises:
         ValueError: the config does not run on :class:`FewShotRunner` (whose
@@ -384,7 +458,56 @@ def load_experiment(path: str, cfg_options: Dict[str, Any]) -> Experiment:
         reencode=trains and train_set.get('type') == 'FewShotDataset',
         backbone=backbone_name((cfg.get('model') or {}).get('backbone')),
         head=copy.deepcopy(dict(head, type=head_type)),
-        protocol=str(protocol))
+        protocol=str(protocol), setting=setting,
+        tests=setting_tests(path, stem, setting))
+
+
+def setting_tests(config: str, stem: str,
+                  setting: str) -> List[Tuple[str, str]]:
+    """(name, config) of the configs a cell of ``setting`` tests with its
+    model after its own run: none for 'few_shot'; ('new', the
+    ``<method>_<dataset>_new.py`` beside a ``..._base.py``) for
+    'base_to_new'; (target, config) for each
+    ``generalization/cross_dataset/<stem>_to_<target>.py`` ('cross_dataset')
+    or ``generalization/<stem>_to_<target>.py`` ('domain_shift') under the
+    config's folder, by target name.
+
+    Raises:
+        ValueError: an unknown setting, or a base-to-new config whose name
+            does not end with ``_base.py``.
+        FileNotFoundError: no ``_new.py`` beside it, or no target config.
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f'setting must be one of {SETTINGS}, got '
+                         f'{setting!r}.')
+    if setting == 'few_shot':
+        return []
+    folder = osp.dirname(config)
+    if setting == 'base_to_new':
+        if not stem.endswith('_base'):
+            raise ValueError(
+                f"{config}: --setting base_to_new takes the configs of the "
+                "base classes, '<method>_<dataset>_base.py' "
+                '(configs/generalization/base_to_new/).')
+        new = osp.join(folder, stem[:-len('_base')] + '_new.py')
+        if not osp.isfile(new):
+            raise FileNotFoundError(
+                f'{config}: no {new} beside it (the config of the new '
+                'classes). A head fitted per class (Tip-Adapter, GDA, ...) '
+                'has none: it cannot name new classes '
+                '(docs/generalization.md).')
+        return [('new', new)]
+    sub = (osp.join('generalization', 'cross_dataset')
+           if setting == 'cross_dataset' else 'generalization')
+    pattern = osp.join(folder, sub, f'{stem}_to_*.py')
+    targets = sorted(glob.glob(pattern))
+    if not targets:
+        raise FileNotFoundError(
+            f'{config}: --setting {setting} found no target config '
+            f'{pattern} (docs/generalization.md).')
+    prefix = f'{stem}_to_'
+    return [(osp.splitext(osp.basename(t))[0][len(prefix):], t)
+            for t in targets]
 
 
 def backbone_name(backbone: Any) -> Optional[str]:
@@ -447,10 +570,12 @@ def make_cells(experiments: Sequence[Experiment],
                shots: Sequence[int],
                seeds: Sequence[int],
                work_dir: str,
-               protocols: Optional[Sequence[str]] = None) -> List[Cell]:
+               protocols: Optional[Sequence[str]] = None,
+               feature_dir: Optional[str] = None) -> List[Cell]:
     """The grid, config-major, then protocols, shots, seeds; one feature
-    store for all. ``protocols=None``: each config's own."""
-    feature_dir = osp.join(work_dir, 'feature_cache')
+    store for all (default ``<work_dir>/feature_cache``).
+    ``protocols=None``: each config's own."""
+    feature_dir = feature_dir or osp.join(work_dir, 'feature_cache')
     cells = []
     for exp in experiments:
         root = osp.join(work_dir, exp.stem)
@@ -611,10 +736,85 @@ def tail(text: str, chars: int = 4000) -> str:
     return text if len(text) <= chars else '...' + text[-chars:]
 
 
+def test_command(cell: Cell, config: str, checkpoint: str, work_dir: str,
+                 args: argparse.Namespace) -> List[str]:
+    """``tools/test.py CONFIG CHECKPOINT`` of a setting's test (the
+    ``_new`` config, a target) with the cell's model, shots, seed, feature
+    store and protocol (``tools/dist_test.sh`` with ``--gpus`` > 1)."""
+    options = [f'{k}={v}' for k, v in cell.extra.items()
+               if not k.startswith('train_dataloader.')]
+    options += list(args.cfg_options)
+    if args.gpus > 1:
+        head = ['bash', osp.join(TOOLS, 'dist_test.sh'), config,
+                str(args.gpus), checkpoint]
+    else:
+        head = [sys.executable, osp.join(TOOLS, 'test.py'), config,
+                checkpoint, '--launcher', args.launcher]
+    return head + ['--work-dir', work_dir, '--cfg-options', *options]
+
+
+def run_tests(cell: Cell, args: argparse.Namespace
+              ) -> Optional[Dict[str, Dict[str, Any]]]:
+    """Test the cell's model on each of its setting's configs
+    (``Experiment.tests``), each in ``<cell>/<name>/`` with its log
+    ``<cell>/<name>/sweep_test.log``: ``{name: {config, top1,
+    wall_time_s, command}}``; None (after printing why) if one failed."""
+    checkpoint, _ = tested_model(cell)
+    if checkpoint is None or not osp.isfile(checkpoint):
+        found = checkpoint or 'no checkpoint'
+        print(f'FAILED {cell.name}: no model to test on the '
+              f'{cell.experiment.setting} configs ({found} in '
+              f'{cell.work_dir}).', flush=True)
+        return None
+    results: Dict[str, Dict[str, Any]] = {}
+    for name, config in cell.experiment.tests:
+        work_dir = osp.join(cell.work_dir, name)
+        os.makedirs(work_dir, exist_ok=True)
+        command = test_command(cell, config, checkpoint, work_dir, args)
+        log_path = osp.join(work_dir, 'sweep_test.log')
+        start = time.time()
+        with open(log_path, 'w') as log:
+            proc = subprocess.run(command, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        with open(log_path, errors='replace') as f:
+            output = f.read()
+        top1 = parse_test_top1(output)
+        if proc.returncode != 0 or top1 is None:
+            why = (f'exit status {proc.returncode}' if proc.returncode
+                   else 'no "Epoch(test) ... accuracy/top1" line')
+            print(f'FAILED {cell.name}: the test on {name} ({config}) '
+                  f'with {checkpoint} ({why}). Output tail:\n'
+                  f'{tail(output)}\nCommand: {shlex.join(command)}\n'
+                  f'Full log: {log_path}', flush=True)
+            return None
+        results[name] = dict(config=config, top1=top1,
+                             wall_time_s=round(time.time() - start, 1),
+                             command=command)
+    return results
+
+
+def setting_record(experiment: Experiment, top1: float,
+                   tests: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """What a cell of a generalisation setting adds to its record: the
+    tests, and for base-to-new ``base`` (the cell's own top-1), ``new``
+    and ``H`` (their harmonic mean)."""
+    record: Dict[str, Any] = dict(setting=experiment.setting, tests=tests)
+    if experiment.setting == 'base_to_new':
+        from tip_adapter_mm.evaluation import harmonic_mean
+        new = tests['new']['top1']
+        record.update(base=top1, new=new, H=harmonic_mean(top1, new))
+    return record
+
+
 def run_cell(cell: Cell, command: List[str], cfg_options: Sequence[str] = (),
-             keep_models: bool = False) -> Optional[Dict[str, Any]]:
-    """Run a cell, log its output to ``sweep_cell.log``, save and return its
-    record; None (after printing the output tail) if it failed."""
+             keep_models: bool = False,
+             args: Optional[argparse.Namespace] = None
+             ) -> Optional[Dict[str, Any]]:
+    """Run a cell, log its output to ``sweep_cell.log``, then test its
+    model on its setting's configs (:func:`run_tests`; ``args``: the
+    sweep's, for ``--gpus``, ``--launcher`` and ``--cfg-options``); save
+    and return its record; None (after printing the output tail) if a run
+    failed."""
     os.makedirs(cell.work_dir, exist_ok=True)
     adapted = osp.join(cell.work_dir, ADAPTED_MODEL)
     if osp.exists(adapted):  # from an earlier, failed try of this cell
@@ -644,6 +844,14 @@ def run_cell(cell: Cell, command: List[str], cfg_options: Sequence[str] = (),
         support_views=support_views_entry(output),
         wall_time_s=round(wall, 1),
         cfg_options=list(cfg_options), command=command)
+    if exp.tests:
+        if args is None:
+            args = argparse.Namespace(gpus=1, launcher='none',
+                                      cfg_options=list(cfg_options))
+        tests = run_tests(cell, args)
+        if tests is None:
+            return None
+        result.update(setting_record(exp, top1, tests))
     write_json_atomic(cell.result_path, result)
     if not keep_models and osp.exists(adapted):
         os.remove(adapted)
@@ -656,6 +864,10 @@ def run_sweep(cells: Sequence[Cell], args: argparse.Namespace) -> List[Cell]:
     for i, cell in enumerate(cells, 1):
         prefix = f'[{i}/{len(cells)}] {cell.name}:'
         done = read_result(cell.result_path)
+        if done is not None and not set(
+                name for name, _ in cell.experiment.tests) <= set(
+                    done.get('tests') or {}):
+            done = None  # the cell's setting tests are missing: run again
         if done is not None:
             print(f'{prefix} skip (done, top-1 {done["top1"]:.2f})',
                   flush=True)
@@ -670,11 +882,13 @@ def run_sweep(cells: Sequence[Cell], args: argparse.Namespace) -> List[Cell]:
             continue
         print(f'{prefix} run', flush=True)
         result = run_cell(cell, command, args.cfg_options,
-                          getattr(args, 'keep_models', False))
+                          getattr(args, 'keep_models', False), args)
         if result is None:
             failed.append(cell)
         else:
-            print(f'{prefix} top-1 {result["top1"]:.2f} '
+            tests = ''.join(f', {name} {t["top1"]:.2f}' for name, t in
+                            (result.get('tests') or {}).items())
+            print(f'{prefix} top-1 {result["top1"]:.2f}{tests} '
                   f'({result["wall_time_s"]:.0f} s)', flush=True)
     return failed
 
@@ -1090,11 +1304,204 @@ def report(work_dir: str, shots: Sequence[int],
     return paths
 
 
+# -- tables of the generalisation settings -----------------------------------
+
+
+def setting_values(records: Sequence[dict], setting: str
+                   ) -> Dict[Row, Dict[int, Dict[int, Dict[str, float]]]]:
+    """``{row: {shots: {seed: {column: top-1}}}}`` of a setting's records:
+    columns base, new, H (base-to-new); the source dataset's top-1 under
+    ``'source'`` and one per target (cross-dataset, domain shift)."""
+    values: Dict[Row, Dict[int, Dict[int, Dict[str, float]]]] = {}
+    for r in records:
+        if r.get('setting') != setting:
+            continue
+        if setting == 'base_to_new':
+            columns = dict(base=float(r['base']), new=float(r['new']),
+                           H=float(r['H']))
+        else:
+            columns = dict(source=float(r['top1']))
+            columns.update((name, float(t['top1']))
+                           for name, t in (r.get('tests') or {}).items())
+        values.setdefault(row_of(r), {}).setdefault(
+            int(r['shots']), {})[int(r['seed'])] = columns
+    return values
+
+
+def b2n_averages(values: Dict[Row, Dict[int, Dict[int, Dict[str, float]]]]
+                 ) -> Tuple[Dict[Row, Dict[int, Dict[int, Dict[str, float]]]],
+                            Dict[str, List[str]]]:
+    """The :data:`AVERAGE` rows of base-to-new and the datasets each
+    backbone averages: per seed done on every dataset present (at least
+    two), base and new averaged over the datasets and H = their harmonic
+    mean (as CoCoOp's and MaPLe's average rows)."""
+    from tip_adapter_mm.evaluation import harmonic_mean
+    datasets: Dict[str, List[str]] = {}
+    for dataset, backbone, _, _ in values:
+        if dataset not in datasets.setdefault(backbone, []):
+            datasets[backbone].append(dataset)
+    datasets = {b: sorted(d) for b, d in datasets.items() if len(d) > 1}
+    out: Dict[Row, Dict[int, Dict[int, Dict[str, float]]]] = {}
+    for backbone, method, protocol in {(b, m, p) for _, b, m, p in values
+                                       if b in datasets}:
+        rows = [values.get((d, backbone, method, protocol), {})
+                for d in datasets[backbone]]
+        for k in set.intersection(*(set(r) for r in rows)):
+            for s in sorted(set.intersection(*(set(r[k]) for r in rows))):
+                base = statistics.fmean(r[k][s]['base'] for r in rows)
+                new = statistics.fmean(r[k][s]['new'] for r in rows)
+                out.setdefault((AVERAGE, backbone, method, protocol),
+                               {}).setdefault(k, {})[s] = dict(
+                                   base=base, new=new,
+                                   H=harmonic_mean(base, new))
+    return out, datasets
+
+
+def published_b2n(row: Row, shots: int,
+                  averaged: Dict[str, List[str]]) -> Optional[PublishedB2N]:
+    """The published base-to-new figure beside a row: only the
+    11-dataset averages are known (:data:`PAPER_B2N`), shown on an average
+    row over exactly those datasets; zero-shot CLIP's for any shots."""
+    dataset, backbone, method, _ = row
+    if dataset != AVERAGE or sorted(averaged.get(backbone, ())) != sorted(
+            BENCHMARK_DATASETS):
+        return None
+    method, backbone = base_method(method), paper_backbone(backbone)
+    return PAPER_B2N.get((AVERAGE, method, backbone, shots)) or (
+        PAPER_B2N.get((AVERAGE, method, backbone, 0))
+        if method == ZERO_SHOT else None)
+
+
+def setting_columns(setting: str,
+                    values: Dict[Row, Dict[int, Dict[int, Dict[str, float]]]]
+                    ) -> List[str]:
+    """The value columns of a setting's table: base, new, H; or source,
+    each target (sorted) and their average."""
+    if setting == 'base_to_new':
+        return ['base', 'new', 'H']
+    targets = sorted({c for by_shots in values.values()
+                      for by_seed in by_shots.values()
+                      for columns in by_seed.values() for c in columns}
+                     - {'source', 'average'})
+    return ['source'] + targets + ['average']
+
+
+def write_setting_tables(setting: str, work_dir: str,
+                         records: Sequence[dict],
+                         experiments: Sequence[Experiment] = ()
+                         ) -> Tuple[str, str]:
+    """``results.md`` and ``results.csv`` of a generalisation setting under
+    ``work_dir`` (``<work-dir>/<setting>``): a line per row and shots with
+    mean ± sample std (number of seeds) of each column; base-to-new adds the
+    average rows and the published figures with their sources."""
+    values = setting_values(records, setting)
+    averaged: Dict[str, List[str]] = {}
+    if setting == 'base_to_new':
+        average, averaged = b2n_averages(values)
+        values.update(average)
+    else:  # the mean over the targets of each seed
+        for by_shots in values.values():
+            for by_seed in by_shots.values():
+                for columns in by_seed.values():
+                    targets = [v for c, v in columns.items()
+                               if c != 'source']
+                    columns['average'] = statistics.fmean(targets)
+    columns = setting_columns(setting, values)
+    shots = sorted({k for by_shots in values.values() for k in by_shots})
+    rows = order_rows(list(values), records, experiments)
+    md_path = osp.join(work_dir, 'results.md')
+    csv_path = osp.join(work_dir, 'results.csv')
+    first = 'dataset' if setting == 'base_to_new' else 'source'
+    lines = [f'| {first} | backbone | method | protocol | shots | '
+             + ' | '.join(columns) + ' |',
+             '|---|---|---|---|---|' + '---|' * len(columns)]
+    fields = ['dataset', 'backbone', 'method', 'protocol'] + [
+        f'{k}shot_{c}_{what}' for k in shots for c in columns
+        for what in ('mean', 'std')] + [f'{k}shot_n' for k in shots]
+    if setting == 'base_to_new':
+        fields += [f'{k}shot_paper_{c}' for k in shots
+                   for c in ('base', 'new', 'H', 'source')]
+    out_rows = []
+    shown: Dict[Tuple[str, str, int], PublishedB2N] = {}
+    for row in rows:
+        dataset, backbone, method, protocol = row
+        out: Dict[str, Any] = dict(dataset=dataset, backbone=backbone,
+                                   method=method, protocol=protocol)
+        for k in shots:
+            by_seed = values[row].get(k, {})
+            out[f'{k}shot_n'] = len(by_seed)
+            stats = {c: summarise([v[c] for v in by_seed.values()
+                                   if c in v])
+                     for c in columns
+                     if any(c in v for v in by_seed.values())}
+            for c in columns:
+                stat = stats.get(c)
+                out[f'{k}shot_{c}_mean'] = ('' if stat is None
+                                            else round(stat.mean, 4))
+                out[f'{k}shot_{c}_std'] = (
+                    '' if stat is None or stat.std is None
+                    else round(stat.std, 4))
+            paper = (published_b2n(row, k, averaged)
+                     if setting == 'base_to_new' else None)
+            if setting == 'base_to_new':
+                for c in ('base', 'new', 'H', 'source'):
+                    out[f'{k}shot_paper_{c}'] = ('' if paper is None
+                                                 else getattr(paper, c))
+            if not by_seed:
+                continue
+            cells = [format_cell(stats.get(c), None) for c in columns]
+            if paper is not None:
+                cells[-1] += f' [paper {paper.H:.2f}, {paper.source}]'
+                shown[(backbone, base_method(method), k)] = paper
+            lines.append(f'| {dataset} | {backbone} | {method} | '
+                         f'{protocol} | {k} | ' + ' | '.join(cells) + ' |')
+        out_rows.append(out)
+    if setting == 'base_to_new':
+        lines += ['', 'Base-to-new (docs/generalization.md): top-1 (%) on '
+                  'the test images of the base classes (the cell\'s own '
+                  'run) and of the new classes (the _new config tested '
+                  'with its model); H = 2 base new / (base + new) per '
+                  'seed; mean ± sample std (ddof=1) (number of seeds). '
+                  f'{AVERAGE}: per seed, base and new averaged over the '
+                  'datasets and H of those two.']
+        for backbone, names in sorted(averaged.items()):
+            missing = sorted(set(BENCHMARK_DATASETS) - set(names))
+            lines.append(
+                f'{AVERAGE} ({backbone}): the {len(names)} datasets '
+                f'{", ".join(names)}' + (
+                    f'; the published 11-dataset averages are not shown '
+                    f'(missing: {", ".join(missing)}).' if missing else '.'))
+    else:
+        lines += ['', f'{setting.replace("_", "-")} '
+                  '(docs/generalization.md): top-1 (%) of the model '
+                  "adapted on the source dataset (the cell's own run) "
+                  'and of the same model tested on each target config; '
+                  'average: the mean over the targets per seed; mean ± '
+                  'sample std (ddof=1) (number of seeds).']
+    if shown:
+        lines += ['', 'Published figures shown (11-dataset averages):']
+        for (backbone, method, k), p in sorted(shown.items()):
+            src = SOURCES[p.source]
+            lines.append(
+                f'- {backbone}, {method}, {k} shots: base {p.base:.2f}, '
+                f'new {p.new:.2f}, H {p.H:.2f}. {p.source}: '
+                f'{src.citation}. Selection: {src.protocol}.')
+    keep_previous_tables(md_path, csv_path, out_rows)
+    with open(md_path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    with open(csv_path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(out_rows)
+    return md_path, csv_path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the sweep, write the tables and the plots; 1 if a cell failed."""
     args = parse_args(argv)
     user_options = parse_cfg_options(args.cfg_options)
-    experiments = [load_experiment(c, user_options) for c in args.configs]
+    experiments = [load_experiment(c, user_options, args.setting)
+                   for c in args.configs]
     check_experiments(experiments)
     for exp in experiments:
         check_user_options(user_options, exp)
@@ -1102,17 +1509,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     seeds = list(dict.fromkeys(args.seeds))
     protocols = (list(dict.fromkeys(args.protocols))
                  if args.protocols else None)
-    cells = make_cells(experiments, shots, seeds, args.work_dir, protocols)
+    few_shot = args.setting == 'few_shot'
+    root = (args.work_dir if few_shot else
+            osp.join(args.work_dir, args.setting))
+    cells = make_cells(experiments, shots, seeds, root, protocols,
+                       osp.join(args.work_dir, 'feature_cache'))
     what = (f'{len(protocols)} protocols' if protocols else
             "each config's protocol")
-    print(f'Sweep: {len(experiments)} configs x {len(shots)} shots x '
-          f'{len(seeds)} seeds x {what} = {len(cells)} cells in '
-          f'{args.work_dir}', flush=True)
+    print(f'Sweep ({args.setting}): {len(experiments)} configs x '
+          f'{len(shots)} shots x {len(seeds)} seeds x {what} = '
+          f'{len(cells)} cells in {root}', flush=True)
     failed = run_sweep(cells, args)
     if args.dry_run:
         return 0
-    os.makedirs(args.work_dir, exist_ok=True)
-    paths = report(args.work_dir, shots, experiments)
+    os.makedirs(root, exist_ok=True)
+    paths = (report(root, shots, experiments) if few_shot else list(
+        write_setting_tables(args.setting, root,
+                             load_records(root, experiments), experiments)))
     print('Wrote ' + ', '.join(paths), flush=True)
     if failed:
         print(f'{len(failed)} of {len(cells)} cells failed: '

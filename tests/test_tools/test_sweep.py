@@ -444,8 +444,11 @@ def test_published_figures_carry_their_source():
             assert sweep.published(dataset, method, 16, backbone.replace(
                 '/', '-')) == found
     assert len(sweep.PAPER) == sum(map(len, PUBLISHED.values())) + 8
-    # Every figure names a known source, and every source a protocol.
-    assert {p.source for p in sweep.PAPER.values()} == set(sweep.SOURCES)
+    # Every figure names a known source, and every source a protocol
+    # (base-to-new figures included).
+    assert {p.source for p in (*sweep.PAPER.values(),
+                               *sweep.PAPER_B2N.values())} == set(
+                                   sweep.SOURCES)
     assert all(s.citation and s.protocol for s in sweep.SOURCES.values())
     # Tip-Adapter paper, ImageNet RN50, by shots; zero-shot for any shots.
     for k, tip, tip_f in zip((1, 2, 4, 8), (60.70, 60.96, 60.98, 61.45),
