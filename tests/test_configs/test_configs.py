@@ -51,7 +51,8 @@ OTHER_EXPERIMENTS = [
 ]
 #: Experiment prefixes of the other methods that train (a train_cfg).
 TRAINED_PREFIXES = ('prolip_', 'clip_adapter_', 'taskres_', 'clap_',
-                    'coop_', 'cocoop_', 'meta_adapter_')
+                    'coop_', 'cocoop_', 'clip_lora_', 'vpt_',
+                    'maple_', 'meta_adapter_')
 #: Methods trained with their official Dassl recipe (warm-up epoch, cosine
 #: per epoch, last epoch, nothing searched; the recipes themselves are
 #: checked in tests/test_models/test_heads/): prefix -> (global batch,
@@ -70,7 +71,10 @@ DASSL_RECIPES = {
 }
 #: few_shot_cfg.augment_epoch of recipes that store another number of
 #: views than Tip-Adapter's 10 (ProLIP: 300, one per epoch).
-AUGMENT_EPOCH = {'prolip_': 300}
+AUGMENT_EPOCH = {'prolip_': 300, 'clip_lora_': 1, 'vpt_': 1, 'maple_': 1}
+#: Methods that train inside the image tower (re-encoding the few-shot
+#: images; val and test loop over images): prefix -> global batch.
+IMAGE_TOWER_RECIPES = {'clip_lora_': 32, 'vpt_': 4, 'maple_': 4}
 
 
 def dataset_of(name: str) -> str:
@@ -78,7 +82,8 @@ def dataset_of(name: str) -> str:
     for prefix in ('tip_f_', 'tip_', 'ape_', 'gda_', 'ncm_', 'zero_shot_',
                    'linear_probe_', 'lp_plus_plus_', 'prolip_', 'proker_',
                    'clip_adapter_', 'taskres_', 'clap_', 'coop_',
-                   'cocoop_', 'meta_adapter_'):
+                   'cocoop_', 'clip_lora_', 'vpt_',
+                   'maple_', 'meta_adapter_'):
         if name.startswith(prefix):
             stem = name[len(prefix):]
             break
@@ -165,8 +170,12 @@ def test_config_builds_from_the_registries(name):
         assert type(hooks[2]).__name__ == 'ValidateAfterResumeHook'
     assert cfg.custom_hooks[0] == dict(type='BuildCacheHook')
 
-    assert cfg.val_cfg.type == 'StoredFeaturesValLoop'
-    assert cfg.test_cfg.type == 'StoredFeaturesTestLoop'
+    image_tower = next((b for p, b in IMAGE_TOWER_RECIPES.items()
+                        if name.startswith(p)), None)
+    assert model.head.uses_image_tower == (image_tower is not None)
+    assert (cfg.val_cfg.type, cfg.test_cfg.type) == (
+        ('ValLoop', 'TestLoop') if image_tower else
+        ('StoredFeaturesValLoop', 'StoredFeaturesTestLoop'))
     assert issubclass(LOOPS.get(cfg.val_cfg.type), mmengine_loops.ValLoop)
     assert issubclass(LOOPS.get(cfg.test_cfg.type),
                       mmengine_loops.TestLoop)
@@ -182,6 +191,24 @@ def test_config_builds_from_the_registries(name):
         assert issubclass(LOOPS.get(cfg.train_cfg.type),
                           mmengine_loops.EpochBasedTrainLoop)
         assert 'global_batch_size' not in cfg  # now train_cfg's
+        if image_tower is not None:  # the few-shot images, re-encoded
+            assert cfg.train_cfg.global_batch_size == image_tower
+            assert cfg.train_dataloader.dataset == dict(
+                type='FewShotDataset')
+            assert OPTIM_WRAPPER_CONSTRUCTORS.get(
+                cfg.optim_wrapper.constructor) is not None
+            schedulers = cfg.param_scheduler
+            if not isinstance(schedulers, list):
+                schedulers = [schedulers]
+            assert all(PARAM_SCHEDULERS.get(s.type) is not None
+                       for s in schedulers)
+            # The cosine follows train_cfg.max_epochs: no end of its own.
+            assert 'end' not in schedulers[-1]
+            assert cfg.few_shot_cfg.protocol == 'none'  # the last epoch
+            trained = [n for n, p in model.named_parameters()
+                       if p.requires_grad]
+            assert trained and all(n.startswith('head.') for n in trained)
+            return
         if recipe is not None:
             batch, trained = recipe
             assert cfg.train_cfg.global_batch_size == batch

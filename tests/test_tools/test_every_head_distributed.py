@@ -121,6 +121,17 @@ CASES: Dict[str, Tuple[str, str, str, str]] = {
               "    dict(type='LoadImageFromFile'),\n"
               "    dict(type='Resize', scale=(224, 224)),\n"
               "    dict(type='PackInputs')]\n"),
+    # CLIP-LoRA: rank-2 factors on q/k/v of both tiny towers, trained on
+    # the re-encoded few-shot images; no dropout and a fixed resize, so
+    # that the 2 ranks' half-batches draw nothing at random.
+    'clip_lora': (
+        'clip_lora_vit_b16', 'clip_lora', 'dropout=0.0',
+        TRAIN + 'optim_wrapper = dict(optimizer=dict(lr=1e-2))\n'
+        'train_dataloader = dict(num_workers=0, persistent_workers=False)\n'
+        "fewshot_dataloader['dataset']['dataset']['pipeline'] = [\n"
+        "    dict(type='LoadImageFromFile'),\n"
+        "    dict(type='Resize', scale=(224, 224)),\n"
+        "    dict(type='PackInputs')]\n"),
 }
 
 
@@ -305,7 +316,7 @@ def test_runs_are_not_trivial(runs):
     trained = {case for case, r in one.items() if r['trains']}
     assert trained == {'tip_f', 'taskres', 'clap', 'clip_adapter', 'prolip',
                        'coop', 'cocoop', 'vpt', 'maple',
-                       'meta_adapter'}
+                       'meta_adapter', 'clip_lora'}
     for case in trained:
         assert one[case]['trainable'], case
         for name, step in updates(one[case]).items():

@@ -4,6 +4,7 @@ from .cache_model import KeyValueCache
 from .cache_only_head import CacheOnlyHead
 from .clap_head import CLAPHead
 from .clip_adapter_head import CLIPAdapterHead
+from .clip_lora_head import CLIPLoRAHead
 from .cocoop_head import CoCoOpHead
 from .coop_head import CoOpHead
 from .dual_cache_head import DualCacheTipAdapterHead
@@ -27,7 +28,8 @@ __all__ = [
     'APEHead', 'SelectedChannelsCache', 'select_channels', 'NCMHead',
     'linear_grid', 'LinearProbeHead', 'LPPlusPlusHead',
     'ProLIPHead', 'ProKeRHead',
-    'CLIPAdapterHead', 'TaskResHead', 'CLAPHead', 'TextPrototypeHead',
+    'CLIPAdapterHead', 'CLIPLoRAHead', 'TaskResHead', 'CLAPHead',
+    'TextPrototypeHead',
     'CoOpHead', 'CoCoOpHead', 'VPTHead', 'MaPLeHead',
     'MetaAdapterHead'
 ]
