@@ -878,7 +878,11 @@ def run_sweep(cells: Sequence[Cell], args: argparse.Namespace) -> List[Cell]:
             continue
         command = cell_command(cell, args)
         if args.dry_run:
-            print(f'{prefix} would run {shlex.join(command)}', flush=True)
+            then = ''.join(
+                f'; then tools/test.py {config} with its model ({name})'
+                for name, config in cell.experiment.tests)
+            print(f'{prefix} would run {shlex.join(command)}{then}',
+                  flush=True)
             continue
         print(f'{prefix} run', flush=True)
         result = run_cell(cell, command, args.cfg_options,
