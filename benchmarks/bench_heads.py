@@ -137,6 +137,8 @@ SPECS = [
          kind='trained'),
     Spec('meta_adapter', 'Meta-Adapter', 'MetaAdapterHead',
          'meta_adapter_imagenet_16shot.py', kind='trained'),
+    Spec('clip_lora', 'CLIP-LoRA', 'CLIPLoRAHead',
+         'clip_lora_imagenet_16shot.py', kind='trained'),
 ]
 
 

@@ -35,7 +35,7 @@ POINTS = {
     'proker': 10 * 10,
 }
 TRAINED = {'tip_f', 'prolip', 'clip_adapter', 'taskres', 'clap', 'coop',
-           'cocoop', 'meta_adapter', 'vpt', 'maple'}
+           'cocoop', 'meta_adapter', 'vpt', 'maple', 'clip_lora'}
 
 
 def package_heads():
