@@ -232,6 +232,33 @@ def test_trained_head_reloads_from_its_state(towers):
                                    rtol=0, atol=0)
 
 
+def test_reprompted_with_other_classes_keeps_the_factors(towers):
+    """Base-to-new / cross-dataset: the factors do not depend on the class
+    list; other names are prompted through the same adapted towers."""
+    _, text, reference = towers
+    head = make_head(towers, dropout=0.0)
+    assert head.class_agnostic
+    randomise(head)
+    before = {n: p.detach().clone() for n, p in head.lora.items()}
+    head.forget_classes(2)
+    assert head.num_classes == 2 and head.is_fitted
+    assert not head.has_zero_shot_weights  # asks for the tower again
+    new = ('blue_sky', 'green leaf')
+    head.set_text_tower(text.clip, text.tokenizer, new)
+    head.set_zero_shot_weights(torch.zeros(32, 2))
+    for name, p in head.lora.items():
+        assert torch.equal(p, before[name]), name
+    model = changed_by_hand(reference, head)
+    head.eval()
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            logits(head, x),
+            reference_logits(model, x, ['a photo of a blue sky.',
+                                        'a photo of a green leaf.']),
+            rtol=1e-4, atol=1e-3)
+
+
 def test_positions_follow_the_official_tables():
     # loralib/utils.py, INDEX_POSITIONS_TEXT / _VISION for 12 layers.
     assert layer_indices('all', 12) == list(range(12))

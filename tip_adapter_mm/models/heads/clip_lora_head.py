@@ -287,6 +287,15 @@ class CLIPLoRAHead(ZeroShotHead):
         self._text_cache = None
         self._make_factors('text', clip.transformer.resblocks)
 
+    def forget_classes(self, num_classes: int) -> None:
+        """Re-prompting (base-to-new, cross-dataset): also drops the
+        prompts of the old names (the classifier hands the text tower back
+        with the new ones); the LoRA factors stay."""
+        super().forget_classes(num_classes)
+        object.__setattr__(self, 'text_clip', None)
+        self._tokens = None
+        self._text_cache = None
+
     @property
     def has_zero_shot_weights(self) -> bool:
         """Also asks for the text tower, so that a head loaded from a
