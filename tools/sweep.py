@@ -130,8 +130,9 @@ SOURCES: Dict[str, Source] = {
     'MaPLe README': Source(
         'README of the official code, muzairkhattak/multimodal-prompt-'
         'learning (M. U. Khattak et al., MaPLe, CVPR 2023, arXiv '
-        '2210.03117, Table 1): base-to-new averages over the 11 datasets, '
-        '3 seeds',
+        '2210.03117, Table 1; VPT: its model zoo\'s "Deep Vision '
+        'Prompting", vit_b16_c2_ep5_batch4_4): base-to-new averages over '
+        'the 11 datasets, 3 seeds',
         "the methods' fixed recipes, last epoch"),
     'CLIP-SVD README': Source(
         'README of HealthX-Lab/CLIP-SVD (third-party table, 3 seeds)',
@@ -215,6 +216,8 @@ PAPER_B2N: Dict[Tuple[str, str, str, int], PublishedB2N] = {
         80.47, 71.69, 75.83, 'MaPLe README'),
     (AVERAGE, 'MaPLe', 'ViT-B-16', 16): PublishedB2N(
         82.28, 75.14, 78.55, 'MaPLe README'),
+    (AVERAGE, 'VPT', 'ViT-B-16', 16): PublishedB2N(
+        80.24, 73.43, 76.68, 'MaPLe README'),
     (AVERAGE, 'CLIP-LoRA', 'ViT-B-16', 16): PublishedB2N(
         84.10, 74.80, 79.18, 'CLIP-SVD README'),
 }

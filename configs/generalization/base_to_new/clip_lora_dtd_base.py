@@ -1,0 +1,23 @@
+# CLIP-LoRA, CLIP ViT-B/16, DTD base-to-new, base classes: 16 shots of the
+# first ceil(47 / 2) = 24 classes, tested on their test images; recipe in
+# configs/_base_/schedules/clip_lora.py. As configs/clip_lora_dtd_16shot.py on
+# the base classes. The new classes: clip_lora_dtd_new.py with this run's
+# checkpoint.
+_base_ = [
+    '../../_base_/models/clip_lora_vit_b16.py',
+    '../../_base_/datasets/dtd_base_to_new.py',
+    '../../_base_/schedules/clip_lora.py',
+    '../../_base_/default_runtime.py',
+]
+model = dict(
+    templates={{_base_.templates}},
+    head=dict(num_classes={{_base_.base_classes}}))
+# Their transform (random resized crop 0.08-1, flip) for the few-shot
+# images the head trains on.
+fewshot_dataloader = dict(
+    dataset=dict(
+        dataset=dict(
+            dataset=dict(pipeline={{_base_.clip_lora_train_pipeline}}))))
+# 500 x 16 = 8000 steps of 32 over 24 x 16 = 384 images (12 steps an epoch):
+# ceil(8000 / 12) = 667 epochs (8004 steps).
+train_cfg = dict(max_epochs=667)
