@@ -1,0 +1,14 @@
+# CLIP-LoRA adapted on ImageNet exactly as
+# configs/clip_lora_imagenet_16shot.py, tested on ImageNet-R (ranked among its
+# 200 classes): only the test loader and metric differ. tools/test.py
+# THIS_CONFIG CHECKPOINT (the ImageNet run's), or tools/sweep.py --setting
+# domain_shift.
+_base_ = ['../clip_lora_imagenet_16shot.py']
+test_dataset_name = 'imagenet_r'
+test_dataloader = dict(
+    dataset=dict(
+        _delete_=True,
+        type='ImageNetR',
+        data_root='data/imagenet-rendition',
+        pipeline={{_base_.test_dataloader.dataset.pipeline}}))
+test_evaluator = dict(_delete_=True, type='SubsetAccuracy', topk=(1, 5))

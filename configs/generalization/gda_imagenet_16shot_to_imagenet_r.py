@@ -1,0 +1,13 @@
+# GDA adapted on ImageNet exactly as configs/gda_imagenet_16shot.py, tested on
+# ImageNet-R (ranked among its 200 classes): only the test loader and metric
+# differ. tools/test.py THIS_CONFIG CHECKPOINT (the ImageNet run's), or
+# tools/sweep.py --setting domain_shift.
+_base_ = ['../gda_imagenet_16shot.py']
+test_dataset_name = 'imagenet_r'
+test_dataloader = dict(
+    dataset=dict(
+        _delete_=True,
+        type='ImageNetR',
+        data_root='data/imagenet-rendition',
+        pipeline={{_base_.test_dataloader.dataset.pipeline}}))
+test_evaluator = dict(_delete_=True, type='SubsetAccuracy', topk=(1, 5))
