@@ -137,6 +137,10 @@ SOURCES: Dict[str, Source] = {
     'CLIP-SVD README': Source(
         'README of HealthX-Lab/CLIP-SVD (third-party table, 3 seeds)',
         'not stated'),
+    'CLIP-LoRA paper': Source(
+        'M. Zanella, I. Ben Ayed, CLIP-LoRA, CVPR Workshops 2024, arXiv '
+        '2405.18541 (Table 1; ImageNet read from its figure)',
+        'none (fixed recipe, last step)'),
 }
 
 
@@ -168,20 +172,24 @@ PAPER: Dict[Tuple[str, str, str, int], Published] = {
        for k, v in zip((1, 2, 4, 8, 16),
                        (61.32, 61.69, 62.52, 64.00, 65.51))},
     **_figures('Tip paper', 'RN50', 'imagenet', 0, {ZERO_SHOT: 60.33}),
-    **_figures('Tip paper', 'RN50', 'imagenet', 16, {CLIP_ADAPTER: 63.59}),
+    **_figures('Tip paper', 'RN50', 'imagenet', 16, {
+        CLIP_ADAPTER: 63.59, 'CoOp': 62.95}),
     **_figures('APE notebook', 'RN50', 'imagenet', 16, {'APE': 63.42}),
     **_figures('GDA logs', 'RN50', 'imagenet', 16, {'GDA': 63.82}),
     # ImageNet, ViT-B/16, 16 shots.
     **_figures('Tip paper', 'ViT-B-16', 'imagenet', 0, {ZERO_SHOT: 68.73}),
     **_figures('Tip paper', 'ViT-B-16', 'imagenet', 16, {
-        TIP: 70.75, TIP_F: 73.69, CLIP_ADAPTER: 71.13}),
+        TIP: 70.75, TIP_F: 73.69, CLIP_ADAPTER: 71.13, 'CoOp': 71.92}),
+    **_figures('CLIP-LoRA paper', 'ViT-B-16', 'imagenet', 16,
+               {'CLIP-LoRA': 73.6}),
     **_figures('APE notebook', 'ViT-B-16', 'imagenet', 16, {'APE': 72.17}),
     **_figures('GDA logs', 'ViT-B-16', 'imagenet', 16, {'GDA': 72.24}),
     # Average over the 11 datasets, RN50, 16 shots.
     **_figures('Tip exp.log', 'RN50', AVERAGE, 0, {ZERO_SHOT: 58.89}),
     **_figures('Tip exp.log', 'RN50', AVERAGE, 16, {
         TIP: 70.32, TIP_F: 75.83, CLIP_ADAPTER: 74.44}),
-    **_figures('APE notebook', 'RN50', AVERAGE, 16, {'APE': 73.36}),
+    **_figures('APE notebook', 'RN50', AVERAGE, 16, {
+        'APE': 73.36, 'CoOp': 73.45}),
     **_figures('GDA logs', 'RN50', AVERAGE, 16, {'GDA': 76.05}),
     **_figures('ProLIP paper', 'RN50', AVERAGE, 16, {'ProLIP': 75.46}),
     # Average over the 11 datasets, ViT-B/16, 16 shots.
@@ -189,7 +197,10 @@ PAPER: Dict[Tuple[str, str, str, int], Published] = {
                {ZERO_SHOT: 65.36}),
     **_figures('CLIP-SVD README', 'ViT-B-16', AVERAGE, 16, {
         TIP: 76.44, TIP_F: 81.15, CLIP_ADAPTER: 79.86, 'GDA': 81.70,
-        'Linear probe': 78.39, 'LP++': 80.32, 'ProKeR': 82.01}),
+        'Linear probe': 78.39, 'LP++': 80.32, 'ProKeR': 82.01,
+        'CoOp': 79.01, 'CoCoOp': 75.02, 'MaPLe': 81.79}),
+    **_figures('CLIP-LoRA paper', 'ViT-B-16', AVERAGE, 16,
+               {'CLIP-LoRA': 83.0}),
 }
 
 #: The generalisation settings of ``--setting`` (docs/generalization.md).
