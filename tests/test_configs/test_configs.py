@@ -132,6 +132,28 @@ def dataset_types(node):
         node = node.get('dataset')
 
 
+@pytest.fixture(scope='module', autouse=True)
+def open_clip_models_built_once():
+    """Each (architecture, weights) of open_clip is created once for the
+    whole module and copied for every config that builds it (the configs
+    of a backbone differ in their heads, not in their towers)."""
+    from tip_adapter_mm.models.backbones import open_clip_visual
+    from tip_adapter_mm.models.text_encoders import open_clip_text
+    from tip_adapter_mm.models.utils import create_open_clip_model
+    built = {}
+
+    def create_once(*args, **kwargs):
+        key = repr((args, sorted(kwargs.items())))
+        if key not in built:
+            built[key] = create_open_clip_model(*args, **kwargs)
+        return copy.deepcopy(built[key])
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (open_clip_visual, open_clip_text):
+            patch.setattr(module, 'create_open_clip_model', create_once)
+        yield
+
+
 @pytest.mark.parametrize('name', ALL_CONFIGS)
 def test_config_builds_from_the_registries(name):
     """The runner, model (with random weights instead of downloads), hooks,
