@@ -1,13 +1,22 @@
 """A Runner that owns the run's stored features and fits the head first."""
 import inspect
-from typing import Optional
+import os.path as osp
+import re
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch.nn as nn
 from mmengine.device import get_device
 from mmengine.runner import Runner
 
 from mmpretrain.registry import RUNNERS
+from ...models.utils.weight_files import (CheckpointFileError,
+                                          load_failure_reason)
 from ..few_shot_builder import FewShotBuilder, unwrap
+
+#: What load_from, tools/test.py's CHECKPOINT and --resume take.
+RUN_CHECKPOINT = ('a .pth file that tools/train.py or tools/test.py wrote '
+                  'for this config (work_dirs/<config>/epoch_N.pth, '
+                  'final_searched.pth or adapted_model.pth)')
 
 
 @RUNNERS.register_module()
@@ -30,6 +39,11 @@ class FewShotRunner(Runner):
        ``init_cfg``, e.g. MMPretrain backbones) before anything is encoded
        or a checkpoint is loaded; MMEngine's Runner initialises only in
        ``train()``.
+    4. ``load_checkpoint`` (``load_from``, tools/test.py's CHECKPOINT) and
+       ``resume`` (``--resume``) raise :class:`CheckpointFileError` naming
+       the file and what was expected (missing file, not a checkpoint, a
+       safe-load refusal, a checkpoint of another model with its key and
+       shape differences), the library's error as ``__cause__``.
 
     Select it with ``runner_type = 'FewShotRunner'`` in the config.
     """
@@ -67,3 +81,73 @@ class FewShotRunner(Runner):
         model = unwrap(self.model)
         if hasattr(model, 'init_weights'):
             model.init_weights()
+
+    def load_checkpoint(self,
+                        filename: str,
+                        map_location: Union[str, Callable] = 'cpu',
+                        strict: bool = False,
+                        revise_keys: List[Tuple[str, str]] = [('^module.',
+                                                               '')]
+                        ) -> dict:
+        """MMEngine's ``load_checkpoint``; errors name the file.
+
+        Raises:
+            CheckpointFileError: the file is missing or unreadable, its
+                pickled objects are refused by the safe load, loading it
+                failed, or none of its keys is a key of this model.
+        """
+        model = unwrap(self.model)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        reader = f'this {type(model).__name__} (load_from / CHECKPOINT)'
+        if '://' not in str(filename) and not osp.isfile(
+                osp.expanduser(str(filename))):
+            raise CheckpointFileError(
+                filename, reader,
+                f'the file does not exist; expected {RUN_CHECKPOINT}.'
+            ) from FileNotFoundError(filename)
+        try:
+            checkpoint = super().load_checkpoint(
+                filename, map_location=map_location, strict=strict,
+                revise_keys=revise_keys)
+        except Exception as err:
+            raise CheckpointFileError(
+                filename, reader,
+                load_failure_reason(str(filename), err, expected,
+                                    RUN_CHECKPOINT)) from err
+        state = checkpoint.get('state_dict', checkpoint) if isinstance(
+            checkpoint, dict) else {}
+        keys = set()
+        for key in state:
+            for pattern, replacement in revise_keys:
+                key = re.sub(pattern, replacement, key)
+            keys.add(key)
+        if expected and not keys & set(expected):
+            raise CheckpointFileError(
+                filename, reader,
+                load_failure_reason(
+                    str(filename),
+                    ValueError('no key of the checkpoint is a key of the '
+                               'model'), expected, RUN_CHECKPOINT))
+        return checkpoint
+
+    def resume(self,
+               filename: str,
+               resume_optimizer: bool = True,
+               resume_param_scheduler: bool = True,
+               map_location: Union[str, Callable] = 'default') -> None:
+        """MMEngine's ``resume``; a file that is not a checkpoint of a
+        training run (no ``meta`` with the epoch) is named in the error."""
+        try:
+            super().resume(filename, resume_optimizer,
+                           resume_param_scheduler, map_location)
+        except CheckpointFileError:
+            raise
+        except KeyError as err:
+            if not err.args or err.args[0] not in ('meta', 'epoch', 'iter'):
+                raise
+            raise CheckpointFileError(
+                filename, 'the training run to resume (--resume)',
+                f'it has no {err} entry: it is not a checkpoint that '
+                'tools/train.py wrote while training (e.g. a pretrained '
+                'state dict, or adapted_model.pth of a training-free run); '
+                'expected work_dirs/<config>/epoch_N.pth.') from err

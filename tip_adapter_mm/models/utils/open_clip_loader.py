@@ -3,7 +3,12 @@ import os
 from typing import Optional
 
 import open_clip
+import torch
 import torch.nn as nn
+
+from .weight_files import (MMENGINE_CHECKPOINT_HINT, CheckpointFileError,
+                           is_mmengine_checkpoint, read_weight_file,
+                           shape_differences, underlying)
 
 
 def create_open_clip_model(model_name: str,
@@ -48,10 +53,53 @@ def create_open_clip_model(model_name: str,
     try:
         model = open_clip.create_model(
             model_name, pretrained=pretrained or None, cache_dir=cache_dir)
-    except RuntimeError as err:
+    except Exception as err:  # open_clip's bare asserts, torch's unpickler
         if pretrained and os.path.isfile(pretrained):
-            raise RuntimeError(
-                f'Checkpoint {pretrained!r} does not match open_clip model '
-                f'{model_name!r}: {err}') from err
+            raise CheckpointFileError(
+                pretrained, 'open_clip model '
+                f'{model_name!r} (model.backbone / model.text_encoder '
+                'pretrained)',
+                diagnose_open_clip_checkpoint(pretrained, model_name, err)
+            ) from err
         raise
     return model.eval()
+
+
+def diagnose_open_clip_checkpoint(path: str, model_name: str,
+                                  err: BaseException) -> str:
+    """Why ``path`` does not load into open_clip's ``model_name``: an
+    MMEngine checkpoint, a file torch cannot read safely, or the keys and
+    shapes that differ from the architecture."""
+    underneath = underlying(err)
+    try:
+        loaded = read_weight_file(path)
+    except Exception as load_err:
+        if 'mmengine' in str(load_err):  # a global of MMEngine's refused
+            return f'{MMENGINE_CHECKPOINT_HINT} {underneath}'
+        weights_only = 'weights_only' in str(load_err)
+        return ((
+            'it holds Python objects that a safe load (weights_only=True) '
+            'refuses; expected a state dict of tensors (an open_clip or '
+            'OpenAI checkpoint). Do not pass weights_only=False for a file '
+            'you did not write; re-save its state_dict with torch.save. '
+            if weights_only else
+            'it is not a readable checkpoint (truncated, or not a torch / '
+            'safetensors file); expected an open_clip state-dict file. ')
+            + underneath)
+    if is_mmengine_checkpoint(loaded):
+        return f'{MMENGINE_CHECKPOINT_HINT} {underneath}'
+    if isinstance(loaded, torch.jit.ScriptModule):
+        loaded = loaded.state_dict()
+    if isinstance(loaded, dict) and 'state_dict' in loaded:
+        loaded = loaded['state_dict']
+    if not isinstance(loaded, dict):
+        return (f'it holds a {type(loaded).__name__}, expected a state dict '
+                f'{{key: tensor}}. {underneath}')
+    loaded = {(k[len('module.'):] if k.startswith('module.') else k): v
+              for k, v in loaded.items()}
+    expected = {k: v.shape for k, v in open_clip.create_model(
+        model_name).state_dict().items()}
+    diff = shape_differences(expected, loaded)
+    return ((f'its tensors are not those of {model_name!r} (another '
+             f'architecture? check model_name and model_config_file): '
+             f'{diff}. ' if diff else '') + underneath)

@@ -13,6 +13,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .weight_files import CheckpointFileError, load_failure_reason
+
 InitCfg = Union[dict, Sequence[dict], None]
 
 
@@ -81,6 +83,9 @@ def check_pretrained(module: nn.Module, init_cfg: InitCfg, name: str) -> None:
 
     Raises:
         FileNotFoundError: A local checkpoint file does not exist.
+        CheckpointFileError: It cannot be read (not a checkpoint, or
+            objects that the safe ``weights_only`` load refuses), naming
+            the file; the loader's error is its ``__cause__``.
         ValueError: Module keys missing from the checkpoint, or tensors
             whose shapes differ (``key: expected (module) vs found
             (checkpoint)``).
@@ -99,8 +104,19 @@ def check_pretrained(module: nn.Module, init_cfg: InitCfg, name: str) -> None:
             raise FileNotFoundError(
                 f'{name}: Pretrained checkpoint {checkpoint!r} (prefix '
                 f'{prefix!r}) does not exist.')
-        state_dict = _checkpoint_state_dict(checkpoint, prefix,
-                                            cfg.get('map_location', 'cpu'))
+        try:
+            state_dict = _checkpoint_state_dict(
+                checkpoint, prefix, cfg.get('map_location', 'cpu'))
+        except Exception as err:  # unreadable, refused by the safe load
+            raise CheckpointFileError(
+                checkpoint, f"{name}'s init_cfg Pretrained (prefix "
+                f'{prefix!r})',
+                load_failure_reason(
+                    checkpoint, err, expected,
+                    f'weights of {type(module).__name__}: a state dict, or '
+                    "an MMEngine checkpoint with a 'state_dict' (give "
+                    "prefix='backbone.' to take the backbone of a trained "
+                    'model)')) from err
         state_dict = OrderedDict(state_dict)
         _apply_load_pre_hooks(module, state_dict)
 
