@@ -4,10 +4,12 @@ Importing the package (``custom_imports = dict(imports=['tip_adapter_mm'])``)
 registers its datasets, models, metrics, loops, runner and hooks in
 MMPretrain's registries.
 """
+from .registry import register_config_scope
 from .utils.checkpoint import allow_mmengine_checkpoint_globals
 from .version import __version__
 
 allow_mmengine_checkpoint_globals()
+register_config_scope()  # `tip_adapter_mm::_base_/...` in configs
 
 from . import datasets, engine, evaluation, models  # noqa: E402,F401
 
