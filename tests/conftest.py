@@ -89,6 +89,29 @@ def image_folders(tmp_path_factory) -> Path:
     return root
 
 
+#: Four coloured classes for the base-to-new tests: base = the first two
+#: labels, new = the last two.
+FOUR_COLOURS = {'a_red': (200, 40, 40), 'b_green': (40, 200, 40),
+                'c_blue': (40, 40, 200), 'd_yellow': (200, 200, 40)}
+
+
+@pytest.fixture(scope='session')
+def four_classes(tmp_path_factory) -> Path:
+    """``train/`` (4 per class), ``val/`` (2) and ``test/`` (3) folders of
+    the :data:`FOUR_COLOURS` classes (32 x 32 JPEGs)."""
+    root = tmp_path_factory.mktemp('four')
+    rng = np.random.default_rng(0)
+    for split, count in (('train', 4), ('val', 2), ('test', 3)):
+        for name, colour in FOUR_COLOURS.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                noise = rng.normal(0, 40, (32, 32, 3))
+                img = np.clip(np.array(colour) + noise, 0, 255)
+                Image.fromarray(img.astype(np.uint8)).save(
+                    root / split / name / f'{i}.jpg')
+    return root
+
+
 def tiny_config(path: Path, tiny_clip: Dict[str, str], data_root: Path,
                 num_shots: int = 4, augment_epoch: int = 3,
                 schedule: str = 'tip_adapter', extra: str = '',

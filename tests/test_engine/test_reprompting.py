@@ -1,37 +1,16 @@
 """Re-prompting a trained class-agnostic head with other class names
 (base-to-new "new" classes, cross-dataset), and refusing the others."""
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import python_tool, run_tool, tiny_config
-from PIL import Image
 
 from tip_adapter_mm.models import OpenCLIPTextEncoder
 from tip_adapter_mm.models.heads import (CoOpHead, FewShotHead,
                                          TipAdapterHead, ZeroShotHead)
 from tip_adapter_mm.models.utils import build_zero_shot_weights, get_templates
 
-#: Four classes: base = the first two labels, new = the last two.
-COLOURS = {'a_red': (200, 40, 40), 'b_green': (40, 200, 40),
-           'c_blue': (40, 40, 200), 'd_yellow': (200, 200, 40)}
 NEW = ['c_blue', 'd_yellow']
-
-
-@pytest.fixture(scope='module')
-def four_classes(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp('four')
-    rng = np.random.default_rng(0)
-    for split, count in (('train', 4), ('val', 2), ('test', 3)):
-        for name, colour in COLOURS.items():
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                noise = rng.normal(0, 40, (32, 32, 3))
-                img = np.clip(np.array(colour) + noise, 0, 255)
-                Image.fromarray(img.astype(np.uint8)).save(
-                    root / split / name / f'{i}.jpg')
-    return root
 
 
 def subset_lines(subset: str, num_classes: int) -> str:

@@ -13,12 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CONFIGS, REPO, python_tool, run_tool, tiny_config
-from PIL import Image
 
-#: Four classes (sorted folder names = labels): base = the first two,
-#: new = the last two.
-COLOURS = {'a_red': (200, 40, 40), 'b_green': (40, 200, 40),
-           'c_blue': (40, 40, 200), 'd_yellow': (200, 200, 40)}
 TOP1 = re.compile(r'accuracy/top1: (\d+\.\d+)')
 
 
@@ -31,21 +26,6 @@ def load_sweep():
 
 
 sweep = load_sweep()
-
-
-@pytest.fixture(scope='module')
-def four_classes(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp('four')
-    rng = np.random.default_rng(0)
-    for split, count in (('train', 4), ('val', 2), ('test', 3)):
-        for name, colour in COLOURS.items():
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                noise = rng.normal(0, 40, (32, 32, 3))
-                img = np.clip(np.array(colour) + noise, 0, 255)
-                Image.fromarray(img.astype(np.uint8)).save(
-                    root / split / name / f'{i}.jpg')
-    return root
 
 
 def wrap(subset: str) -> str:

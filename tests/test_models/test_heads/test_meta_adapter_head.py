@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from conftest import CONFIGS, python_tool, run_tool, tiny_config
 from mmengine.config import Config
-from PIL import Image
 from trained_head_checks import (DATASETS, numpy_cross_entropy,
                                  random_inputs, read_schedule, samples, top1)
 
@@ -23,9 +22,6 @@ C, N = 16, 4
 ADAPTER = ['q_proj', 'k_proj', 'gate_weight', 'gate_bias']
 #: Images per class of fitted_head(): uneven, so padding is exercised.
 LABELS = torch.tensor([2, 0, 1, 0, 3, 2, 0, 1, 3, 0])
-#: Four classes for base-to-new: base = the first two labels.
-COLOURS = {'a_red': (200, 40, 40), 'b_green': (40, 200, 40),
-           'c_blue': (40, 40, 200), 'd_yellow': (200, 200, 40)}
 NEW = ['c_blue', 'd_yellow']
 
 
@@ -243,23 +239,6 @@ def test_recipe_from_the_configs():
         assert cfg.model.templates == base.templates
         assert cfg.train_cfg.max_epochs == 5
     assert get_templates('dtd') == ('{} texture.', )
-
-
-@pytest.fixture(scope='module')
-def four_classes(tmp_path_factory) -> Path:
-    """train/ (4 per class), val/ (2), test/ (3) of 4 coloured classes:
-    base = the first two labels, new = the last two."""
-    root = tmp_path_factory.mktemp('four')
-    rng = np.random.default_rng(0)
-    for split, count in (('train', 4), ('val', 2), ('test', 3)):
-        for name, colour in COLOURS.items():
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                noise = rng.normal(0, 40, (32, 32, 3))
-                img = np.clip(np.array(colour) + noise, 0, 255)
-                Image.fromarray(img.astype(np.uint8)).save(
-                    root / split / name / f'{i}.jpg')
-    return root
 
 
 def subset_config(path: Path, tiny_clip, root: Path, subset: str) -> Path:
