@@ -24,10 +24,12 @@ FGVC-Aircraft comes with its official split (the one CoOp uses), so it
 needs no split file. Flowers102 needs CoOp's split file (its class names are
 in it; torchvision has only label numbers).
 
-The download is a function (:data:`DownloadSource`): tests pass one that
-writes a few generated images in torchvision's layout.
+The download is a function (:data:`DownloadSource`; ``--source
+MODULE:FUNCTION`` on the command line): tests pass one that writes a few
+generated images in torchvision's layout.
 """
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -360,12 +362,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='CoOp\'s split file (split_zhou_<Name>.json)')
     parser.add_argument('--seed', type=int, default=1,
                         help='seed of a split of our own (default: 1)')
+    parser.add_argument(
+        '--source', metavar='MODULE:FUNCTION',
+        help='instead of torchvision\'s download: a function (spec, '
+        'folder) that lays out torchvision\'s files of the dataset under '
+        'folder, e.g. copied from a local mirror')
     return parser.parse_args(argv)
+
+
+def load_source(name: str) -> DownloadSource:
+    """``'module:function'`` -> the function (module on ``sys.path``)."""
+    module_name, _, function = name.partition(':')
+    if not module_name or not function:
+        raise ValueError(f'--source {name!r}: expected MODULE:FUNCTION.')
+    module = importlib.import_module(module_name)
+    if not callable(getattr(module, function, None)):
+        raise ValueError(f'--source {name!r}: {module.__file__} has no '
+                         f'function {function!r}.')
+    return getattr(module, function)
 
 
 def main(argv: Optional[Sequence[str]] = None,
          source: DownloadSource = torchvision_download) -> Prepared:
     args = parse_args(argv)
+    if args.source:
+        source = load_source(args.source)
     prepared = prepare(args.name, args.data_root, args.split_file,
                        args.seed, source)
     command = f'python tools/test.py configs/tip_{args.name}_16shot.py'
@@ -383,5 +404,5 @@ def main(argv: Optional[Sequence[str]] = None,
 if __name__ == '__main__':
     try:
         main()
-    except (KeyError, ValueError, OSError) as err:
+    except (KeyError, ValueError, OSError, ImportError) as err:
         sys.exit(f'prepare_dataset.py: {err}')
