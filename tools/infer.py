@@ -13,6 +13,7 @@ import os.path as osp
 from typing import List
 
 from tip_adapter_mm.apis import TipAdapterInferencer
+from tip_adapter_mm.quiet import quiet_warnings
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,6 +47,7 @@ def expand(images: List[str]) -> List[str]:
 
 
 def main() -> None:
+    quiet_warnings()
     args = parse_args()
     inferencer = TipAdapterInferencer(
         args.config, pretrained=args.checkpoint, device=args.device)

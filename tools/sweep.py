@@ -80,6 +80,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from mmengine.config import Config, DictAction
 
+from tip_adapter_mm.quiet import quiet_warnings
+
 TOOLS = osp.dirname(osp.abspath(__file__))
 
 TIP = 'Tip-Adapter'
@@ -1516,6 +1518,7 @@ def write_setting_tables(setting: str, work_dir: str,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the sweep, write the tables and the plots; 1 if a cell failed."""
+    quiet_warnings()
     args = parse_args(argv)
     user_options = parse_cfg_options(args.cfg_options)
     experiments = [load_experiment(c, user_options, args.setting)

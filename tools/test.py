@@ -2,7 +2,7 @@
 
     python tools/test.py CONFIG [CHECKPOINT] [--work-dir DIR] [--out F.pkl]
         [--precision {fp32,fp16,bf16}] [--cfg-options k=v ...]
-        [--launcher {none,pytorch,slurm,mpi}]
+        [--launcher {none,pytorch,slurm,mpi}] [--show-config]
 """
 import argparse
 import os
@@ -12,6 +12,7 @@ from mmengine.evaluator import DumpResults
 
 from mmengine.dist import get_rank
 
+from tip_adapter_mm.quiet import quiet_warnings
 from tip_adapter_mm.utils import teardown_distributed
 from tip_adapter_mm.utils.cli import (add_common_args, build_runner,
                                       load_config, save_adapted_model)
@@ -61,6 +62,7 @@ def apply_test_args(cfg: Config, args: argparse.Namespace) -> Config:
 
 
 def main() -> None:
+    quiet_warnings()
     args = parse_args()
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise ValueError(f'--out must end with .pkl, got {args.out!r}')

@@ -2,7 +2,7 @@
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
         [--precision {fp32,fp16,bf16}] [--no-test] [--cfg-options k=v ...]
-        [--launcher {none,pytorch,slurm,mpi}]
+        [--launcher {none,pytorch,slurm,mpi}] [--show-config]
 """
 import argparse
 
@@ -10,6 +10,7 @@ from mmengine.config import Config
 from mmengine.device import get_device
 from mmengine.logging import print_log
 
+from tip_adapter_mm.quiet import quiet_warnings
 from tip_adapter_mm.utils import teardown_distributed
 from tip_adapter_mm.utils.cli import add_common_args, build_runner, load_config
 
@@ -90,6 +91,7 @@ def apply_precision(cfg: Config, precision: str) -> Config:
 
 
 def main() -> None:
+    quiet_warnings()
     args = parse_args()
     cfg = apply_train_args(load_config(args), args)
     runner = build_runner(cfg)

@@ -15,6 +15,7 @@ from ..datasets.class_names import check_class_names
 from ..datasets.few_shot import holdout_indices
 from ..datasets.stored_features import StoredFeaturesDataset
 from ..structures import EncodedFeatures
+from ..utils.cpu import auto_loader_cfg
 from .feature_extraction import (dataset_fingerprint, extract_features,
                                  model_device, precision_dtype)
 from .feature_store import FeatureStore, describe_checkpoint, read_features
@@ -101,8 +102,9 @@ def encoding_loader_cfg(loader_cfg: dict, pin_memory: bool,
     asynchronous), and with workers (``num_workers > 0``) each preparing
     ``prefetch_factor`` batches ahead (unless the config says how many);
     the workers end with the pass (``persistent_workers=False``: the loader
-    is read once)."""
-    cfg = dict(loader_cfg,
+    is read once). ``num_workers='auto'`` is resolved for this machine
+    (:func:`~tip_adapter_mm.utils.cpu.auto_loader_cfg`)."""
+    cfg = dict(auto_loader_cfg(loader_cfg),
                sampler=dict(type='DefaultSampler', shuffle=False),
                pin_memory=bool(pin_memory))
     if int(cfg.get('num_workers', 0)) > 0:

@@ -12,12 +12,14 @@ from .dist import setup_distributed
 
 #: Top-level keys MMEngine's Runner reads, which a config may leave unset.
 RUNNER_KEYS = set(inspect.signature(Runner.__init__).parameters) | {
-    'runner_type', 'few_shot_cfg', 'model_wrapper_cfg', 'work_dir'
+    'runner_type', 'few_shot_cfg', 'model_wrapper_cfg', 'work_dir',
+    'show_config'
 }
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """``--work-dir``, ``--cfg-options``, ``--launcher``, ``--local-rank``."""
+    """``--work-dir``, ``--cfg-options``, ``--launcher``, ``--local-rank``,
+    ``--show-config``."""
     parser.add_argument(
         '--work-dir',
         help='the directory for logs, checkpoints, search reports and '
@@ -35,6 +37,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         default='none',
         help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument(
+        '--show-config',
+        action='store_true',
+        help="also print MMEngine's environment, config and hook-order "
+        "dumps on the screen (they are always in the work dir's log file; "
+        "log_level='DEBUG' prints them too)")
 
 
 def _registered_class(type_name: Any):
@@ -109,6 +117,8 @@ def load_config(args: argparse.Namespace) -> Config:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
+    if getattr(args, 'show_config', False):
+        cfg.show_config = True
     if args.cfg_options is not None:
         check_cfg_options(cfg, args.cfg_options)
         cfg.merge_from_dict(args.cfg_options)

@@ -8,7 +8,7 @@ data_root = 'data'  # holds the dataset folders, as CoOp lays them out
 
 fewshot_dataloader = dict(
     batch_size=256,
-    num_workers=8,
+    num_workers='auto',
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type='FewShotDataset',
@@ -22,7 +22,7 @@ fewshot_dataloader = dict(
 
 val_dataloader = dict(
     batch_size=256,
-    num_workers=8,
+    num_workers='auto',
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=None,
@@ -33,7 +33,7 @@ val_evaluator = dict(type='StableAccuracy', topk=(1, 5))
 
 test_dataloader = dict(
     batch_size=256,
-    num_workers=8,
+    num_workers='auto',
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=None,

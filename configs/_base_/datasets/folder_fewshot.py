@@ -2,6 +2,8 @@
 #   data_root/train/<class>/*.jpg, data_root/val/<class>/...,
 #   data_root/test/<class>/...
 # Shots come from train/, the search uses val/, the reported number test/.
+# num_workers='auto': loader workers chosen from the machine's cores, GPUs
+# and processes (tip_adapter_mm/utils/cpu.py); a number is kept as set.
 _base_ = ['./pipelines.py']
 
 dataset_type = 'CustomDataset'
@@ -9,7 +11,7 @@ data_root = 'data/my_dataset'
 
 fewshot_dataloader = dict(
     batch_size=64,
-    num_workers=4,
+    num_workers='auto',
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type='FewShotDataset',
@@ -23,7 +25,7 @@ fewshot_dataloader = dict(
 
 val_dataloader = dict(
     batch_size=64,
-    num_workers=4,
+    num_workers='auto',
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=dataset_type,
@@ -34,7 +36,7 @@ val_evaluator = dict(type='StableAccuracy', topk=(1, ))
 
 test_dataloader = dict(
     batch_size=64,
-    num_workers=4,
+    num_workers='auto',
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=dataset_type,

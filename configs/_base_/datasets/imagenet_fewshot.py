@@ -19,7 +19,7 @@ f_epochs = 20
 
 fewshot_dataloader = dict(
     batch_size=256,
-    num_workers=8,
+    num_workers='auto',
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type='FewShotDataset',
@@ -34,7 +34,7 @@ fewshot_dataloader = dict(
 
 val_dataloader = dict(
     batch_size=256,
-    num_workers=8,
+    num_workers='auto',
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type='HoldoutDataset',
@@ -48,7 +48,7 @@ val_evaluator = dict(type='StableAccuracy', topk=(1, 5))
 
 test_dataloader = dict(
     batch_size=256,
-    num_workers=8,
+    num_workers='auto',
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type=dataset_type,

@@ -39,7 +39,7 @@ clip_lora_train_pipeline = [
 # shots and pipeline), shuffled every epoch.
 train_dataloader = dict(
     batch_size=32,  # per process; train_cfg.global_batch_size sets it
-    num_workers=8,
+    num_workers='auto',  # the source's 8; 'auto': chosen from the machine
     persistent_workers=True,
     sampler=dict(_delete_=True, type='DefaultSampler', shuffle=True),
     dataset=dict(_delete_=True, type='FewShotDataset'))

@@ -18,7 +18,7 @@ _base_ = ['./coop.py']
 train_dataloader = dict(
     _delete_=True,
     batch_size=4,  # per process; train_cfg.global_batch_size sets it
-    num_workers=8,  # DATALOADER.NUM_WORKERS of the yaml
+    num_workers='auto',  # the yaml's DATALOADER.NUM_WORKERS is 8
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(type='FewShotDataset'))

@@ -1,16 +1,23 @@
 """A Runner that owns the run's stored features and fits the head first."""
 import inspect
+import logging
 import os.path as osp
 import re
 from typing import Callable, List, Optional, Tuple, Union
 
+import torch
 import torch.nn as nn
 from mmengine.device import get_device
+from mmengine.logging import MMLogger
 from mmengine.runner import Runner
+from torch.utils.data import DataLoader
 
 from mmpretrain.registry import RUNNERS
 from ...models.utils.weight_files import (CheckpointFileError,
                                           load_failure_reason)
+from ...quiet import filter_console
+from ...utils.cpu import (AUTO, CpuPlan, auto_loader_cfg, machine_cpu_plan,
+                          resolve_torch_threads)
 from ..few_shot_builder import FewShotBuilder, unwrap
 
 #: What load_from, tools/test.py's CHECKPOINT and --resume take.
@@ -44,6 +51,16 @@ class FewShotRunner(Runner):
        the file and what was expected (missing file, not a checkpoint, a
        safe-load refusal, a checkpoint of another model with its key and
        shape differences), the library's error as ``__cause__``.
+    5. The machine's cores are shared out (:mod:`tip_adapter_mm.utils.cpu`):
+       dataloaders with ``num_workers='auto'`` get the workers of
+       :func:`cpu_plan` (``build_dataloader``), torch gets its threads
+       (``env_cfg.torch_threads``: ``'auto'`` when absent, a number, or
+       None to leave torch's; ``OMP_NUM_THREADS`` in the environment is
+       kept), and the choice is logged once.
+    6. The environment, config and hook-order dumps MMEngine logs while
+       the runner is built go to the work dir's log file only, unless the
+       config has ``show_config=True`` (``--show-config``) or
+       ``log_level='DEBUG'``; the console shows a repeated message once.
 
     Select it with ``runner_type = 'FewShotRunner'`` in the config.
     """
@@ -55,6 +72,49 @@ class FewShotRunner(Runner):
         self.few_shot.check_config(cfg)
         self._trains = bound.arguments.get('train_cfg') is not None
         super().__init__(*args, **kwargs)
+
+    def setup_env(self, env_cfg: dict) -> None:
+        """MMEngine's set-up, then torch's threads from
+        ``env_cfg.torch_threads`` (see :func:`resolve_torch_threads`)."""
+        super().setup_env(env_cfg)
+        self.cpu_plan: CpuPlan = machine_cpu_plan()
+        value = env_cfg.get('torch_threads', AUTO)
+        threads = resolve_torch_threads(value, self.cpu_plan)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if threads is None and value is not None:
+            self._threads_origin = 'OMP_NUM_THREADS in the environment'
+        else:
+            self._threads_origin = f'env_cfg.torch_threads={value!r}'
+
+    def build_logger(self,
+                     log_level: Union[int, str] = 'INFO',
+                     log_file: Optional[str] = None,
+                     **kwargs) -> MMLogger:
+        """MMEngine's logger, its console handler filtered
+        (:class:`~tip_adapter_mm.quiet.ConsoleFilter`: no set-up dumps
+        unless ``show_config`` or DEBUG); logs the CPU plan once."""
+        logger = super().build_logger(log_level, log_file, **kwargs)
+        level = (log_level if isinstance(log_level, int) else
+                 logging.getLevelName(str(log_level).upper()))
+        debug = isinstance(level, int) and level <= logging.DEBUG
+        filter_console(
+            logger,
+            show_setup=bool(self.cfg.get('show_config', False)) or debug)
+        logger.info(f'CPU plan: {self.cpu_plan.describe()}. Torch uses '
+                    f'{torch.get_num_threads()} thread(s) '
+                    f'({self._threads_origin}).')
+        return logger
+
+    @staticmethod
+    def build_dataloader(dataloader: Union[DataLoader, dict],
+                         seed: Optional[int] = None,
+                         diff_rank_seed: bool = False) -> DataLoader:
+        """MMEngine's ``build_dataloader``, ``num_workers='auto'`` first
+        resolved for this machine (:func:`auto_loader_cfg`)."""
+        if isinstance(dataloader, dict):
+            dataloader = auto_loader_cfg(dataloader)
+        return Runner.build_dataloader(dataloader, seed, diff_rank_seed)
 
     def wrap_model(self, model_wrapper_cfg: Optional[dict],
                    model: nn.Module) -> nn.Module:
