@@ -223,3 +223,17 @@ def test_command_line(tmp_path, capsys):
     assert 'python tools/test.py configs/tip_eurosat_16shot.py' in out
     assert f'test_dataloader.dataset.data_root={tmp_path}' in out
     assert (tmp_path / 'eurosat/split_zhou_EuroSAT.json').is_file()
+
+
+def test_source_from_the_command_line(tmp_path, monkeypatch):
+    (tmp_path / 'my_mirror.py').write_text(
+        'CALLS = []\n\ndef copy(spec, root):\n    CALLS.append(spec.name)\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = tool.load_source('my_mirror:copy')
+    source(tool.SPECS['dtd'], tmp_path)
+    assert __import__('my_mirror').CALLS == ['dtd']
+    with pytest.raises(ValueError, match="'my_mirror': expected MODULE"):
+        tool.load_source('my_mirror')
+    with pytest.raises(ValueError, match="my_mirror.py has no function "
+                       "'paste'"):
+        tool.load_source('my_mirror:paste')
