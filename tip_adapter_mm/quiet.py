@@ -46,6 +46,10 @@ LIBRARY_NOISE: Tuple[Noise, ...] = (
           r'(mmengine|mmcv|mmpretrain|importlib)(\.|$)',
           "setuptools' deprecation, raised while MMEngine and MMPretrain "
           'import pkg_resources'),
+    Noise(r'Setting (OMP|MKL)_NUM_THREADS environment variable for each '
+          r'process', UserWarning, r'mmengine\.',
+          "MMEngine's default in distributed runs; FewShotRunner logs the "
+          'threads it uses (CPU plan)'),
 )
 
 

@@ -87,6 +87,9 @@ def test_resolve_values(monkeypatch):
     monkeypatch.setenv('OMP_NUM_THREADS', '1')  # the user's: kept
     assert resolve_torch_threads('auto', plan) is None
     assert resolve_torch_threads(2, plan) is None
+    # ... unless the user's environment had none (MMEngine sets it to 1 in
+    # distributed runs; the runner reads the variable before that).
+    assert resolve_torch_threads('auto', plan, omp_num_threads='') == 12
 
 
 def test_local_ranks_from_the_launcher(monkeypatch):

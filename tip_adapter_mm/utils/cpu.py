@@ -121,11 +121,17 @@ def resolve_num_workers(value: Any, plan: Optional[CpuPlan] = None,
 
 
 def resolve_torch_threads(value: Any, plan: CpuPlan,
-                          where: str = 'env_cfg.torch_threads'
+                          where: str = 'env_cfg.torch_threads',
+                          omp_num_threads: Optional[str] = None
                           ) -> Optional[int]:
     """The torch threads to set: ``None`` (leave torch's) when ``value``
     is None or ``OMP_NUM_THREADS`` is set in the environment, ``value``
     if it is a number, the plan's threads for ``'auto'``.
+
+    Args:
+        omp_num_threads (str, optional): ``OMP_NUM_THREADS`` as the user's
+            environment had it (default: ``os.environ``'s now; MMEngine
+            sets it to 1 in a distributed run that lacks it).
 
     Raises:
         ValueError: ``value`` is neither None, ``'auto'`` nor an integer
@@ -137,7 +143,9 @@ def resolve_torch_threads(value: Any, plan: CpuPlan,
                           or not isinstance(value, int) or value < 1):
         raise ValueError(f"{where}={value!r}: expected 'auto', None or an "
                          'integer >= 1.')
-    if os.environ.get('OMP_NUM_THREADS'):
+    if omp_num_threads is None:
+        omp_num_threads = os.environ.get('OMP_NUM_THREADS')
+    if omp_num_threads:
         return None
     return plan.threads if value == AUTO else value
 

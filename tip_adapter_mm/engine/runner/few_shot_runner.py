@@ -1,6 +1,7 @@
 """A Runner that owns the run's stored features and fits the head first."""
 import inspect
 import logging
+import os
 import os.path as osp
 import re
 from typing import Callable, List, Optional, Tuple, Union
@@ -76,10 +77,14 @@ class FewShotRunner(Runner):
     def setup_env(self, env_cfg: dict) -> None:
         """MMEngine's set-up, then torch's threads from
         ``env_cfg.torch_threads`` (see :func:`resolve_torch_threads`)."""
+        value = env_cfg.get('torch_threads', AUTO)
+        # (MMEngine sets OMP_NUM_THREADS=1 in a distributed run that lacks
+        # it: what counts is the user's.)
+        user_omp = os.environ.get('OMP_NUM_THREADS', '')
         super().setup_env(env_cfg)
         self.cpu_plan: CpuPlan = machine_cpu_plan()
-        value = env_cfg.get('torch_threads', AUTO)
-        threads = resolve_torch_threads(value, self.cpu_plan)
+        threads = resolve_torch_threads(value, self.cpu_plan,
+                                        omp_num_threads=user_omp)
         if threads is not None:
             torch.set_num_threads(threads)
         if threads is None and value is not None:
