@@ -65,3 +65,54 @@ def test_a_second_sweep_keeps_the_first_rows_and_store(
     assert len(list(first_store.glob('test_*.pth'))) == 1
     assert not list(work.glob('*/feature_cache'))
     assert not list(work.glob('*/*/feature_cache'))
+
+
+def store_keys(path):
+    """The feature-store keys of the test and val splits and of the support
+    views that ``path`` reads, as the builder describes them (the images
+    are the same for every config of a dataset, so they are left out)."""
+    from mmengine.config import Config
+
+    from tip_adapter_mm.engine.feature_store import FeatureStore
+    from tip_adapter_mm.engine.few_shot_builder import encoder_description
+    cfg = Config.fromfile(str(path), import_custom_modules=False)
+    few_shot = cfg.get('few_shot_cfg', {})
+    encoder = encoder_description(cfg.model, few_shot.get('precision',
+                                                          'fp32'))
+    keys = {split: FeatureStore.key(dict(
+        kind='features', encoder=encoder,
+        dataset=cfg[f'{split}_dataloader'].dataset))
+        for split in ('test', 'val')}
+    fewshot = cfg.fewshot_dataloader.dataset
+    keys['views'] = FeatureStore.key(dict(
+        kind='augmented_views', encoder=encoder, dataset=fewshot,
+        num_views=few_shot.get('augment_epoch'), seed=fewshot.get('seed')))
+    return keys, cfg.model.backbone
+
+
+def test_every_methods_config_reads_the_same_stored_features():
+    """The shipped configs of the methods on one dataset and encoder (RN50)
+    name the same store entries for val, test and the few-shot views, so a
+    sweep of them encodes each once: no user link needed. (ProLIP stores
+    the tower's features before the projection, and CLIP-LoRA, MaPLe and
+    VPT run a ViT-B/16: their own entries.)"""
+    configs = REPO / 'configs'
+    for dataset in ('eurosat', 'imagenet'):
+        reference, backbone = store_keys(configs /
+                                         f'tip_{dataset}_16shot.py')
+        paths = sorted(configs.glob(f'*_{dataset}_16shot.py')) + [
+            configs / f'zero_shot_{dataset}.py']
+        same, other = [], []
+        for path in paths:
+            keys, this_backbone = store_keys(path)
+            if this_backbone != backbone:
+                other.append(path.stem)
+                continue
+            same.append(path.stem)
+            assert (keys['test'], keys['val']) == (
+                reference['test'], reference['val']), path.stem
+            if not path.stem.startswith('zero_shot'):
+                assert keys['views'] == reference['views'], path.stem
+        assert other == [f'{method}_{dataset}_16shot' for method in (
+            'clip_lora', 'maple', 'prolip', 'vpt')], other
+        assert len(same) >= 13, same
