@@ -658,7 +658,28 @@ def search_best(work_dir: str, since: float) -> Optional[Dict[str, Any]]:
     with open(max(reports, key=osp.getmtime)) as f:
         report = json.load(f)
     return dict(best=report.get('best'), top1=report.get('accuracy'),
-                num_samples=report.get('num_samples'))
+                num_samples=report.get('num_samples'),
+                zero_shot_top1=report.get('zero_shot_accuracy'),
+                declined=report.get('declined'),
+                edges=report.get('edges') or [],
+                kept=report.get('kept') or {})
+
+
+def declined_counts(records: Sequence[dict]
+                    ) -> 'Dict[Tuple[Row, int], Tuple[int, int]]':
+    """``{(row, shots): (declined, searched)}``: of the seeds whose search
+    report says whether the cache was declined (best = zero-shot, or no
+    better than zero-shot on the selecting split; ``declined`` in
+    ``hyperparameter_search.json``), how many declined it."""
+    counts: Dict[Tuple[Row, int], Tuple[int, int]] = {}
+    for r in records:
+        flag = (r.get('search') or {}).get('declined')
+        if flag is None:
+            continue
+        key = (row_of(r), int(r['shots']))
+        done, searched = counts.get(key, (0, 0))
+        counts[key] = (done + bool(flag), searched + 1)
+    return counts
 
 
 def support_views_entry(output: str) -> Optional[str]:
@@ -1091,12 +1112,17 @@ def row_published(row: Row, shots: int,
     return published(dataset, method, shots, backbone)
 
 
-def format_cell(stat: Optional[Stat], paper: Optional[Published]) -> str:
-    """``mean ± std (n)`` [``[paper P, source]``]; '-' without a result."""
+def format_cell(stat: Optional[Stat], paper: Optional[Published],
+                declined: Optional[Tuple[int, int]] = None) -> str:
+    """``mean ± std (n)`` [``declined d/s``] [``[paper P, source]``]; '-'
+    without a result. ``declined``: (seeds whose search declined the
+    cache, seeds searched), shown when the first is not 0."""
     text = '-'
     if stat is not None:
         std = f'{stat.std:.2f}' if stat.std is not None else 'n/a'
         text = f'{stat.mean:.2f} ± {std} ({stat.n})'
+        if declined and declined[0]:
+            text += f' declined {declined[0]}/{declined[1]}'
     if paper is not None:
         text += f' [paper {paper.top1:.2f}, {paper.source}]'
     return text
@@ -1156,11 +1182,15 @@ def keep_previous_tables(md_path: str, csv_path: str,
 
 def write_tables(table: Dict[Row, Dict[int, Stat]], shots: Sequence[int],
                  work_dir: str,
-                 averaged: Optional[Dict[str, List[str]]] = None
+                 averaged: Optional[Dict[str, List[str]]] = None,
+                 declined: Optional[Dict[Tuple[Row, int],
+                                         Tuple[int, int]]] = None
                  ) -> Tuple[str, str]:
     """``results.md`` and ``results.csv`` under ``work_dir``; ``averaged``:
-    the datasets of each backbone's :data:`AVERAGE` rows."""
+    the datasets of each backbone's :data:`AVERAGE` rows; ``declined``:
+    :func:`declined_counts`."""
     averaged = averaged or {}
+    declined = declined or {}
     md_path = osp.join(work_dir, 'results.md')
     csv_path = osp.join(work_dir, 'results.csv')
     lines = [
@@ -1174,7 +1204,8 @@ def write_tables(table: Dict[Row, Dict[int, Stat]], shots: Sequence[int],
         dataset, backbone, method, protocol = row
         papers = [row_published(row, k, averaged) for k in shots]
         lines.append(f'| {dataset} | {backbone} | {method} | {protocol} | '
-                     + ' | '.join(format_cell(stats.get(k), p)
+                     + ' | '.join(format_cell(stats.get(k), p,
+                                              declined.get((row, k)))
                                   for k, p in zip(shots, papers)) + ' |')
         out: Dict[str, Any] = dict(dataset=dataset, backbone=backbone,
                                    method=method, protocol=protocol)
@@ -1196,7 +1227,11 @@ def write_tables(table: Dict[Row, Dict[int, Stat]], shots: Sequence[int],
               'hyperparameters and the epoch (few_shot_cfg.protocol, '
               'docs/protocol.md). [paper X, source]: the published figure '
               '(docs/results_sources.md); its own selection protocol is '
-              'listed below and may differ from the row\'s.']
+              'listed below and may differ from the row\'s. declined d/s: '
+              'in d of the s seeds searched, the hyperparameter search '
+              'declined the cache (its best point is zero-shot CLIP, or no '
+              'better than zero-shot on the split that selects; '
+              'docs/protocol.md).']
     for backbone, names in sorted(averaged.items()):
         missing = sorted(set(BENCHMARK_DATASETS) - set(names))
         lines.append(
@@ -1318,7 +1353,8 @@ def report(work_dir: str, shots: Sequence[int],
     records = load_records(work_dir, experiments)
     shots = sorted(set(shots) | {int(r['shots']) for r in records})
     table, averaged = collect(records, experiments)
-    paths = list(write_tables(table, shots, work_dir, averaged))
+    paths = list(write_tables(table, shots, work_dir, averaged,
+                              declined_counts(records)))
     if any(table.values()):
         paths += plot(table, shots, work_dir, averaged)
     return paths

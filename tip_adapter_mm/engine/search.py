@@ -1,12 +1,14 @@
 """Grid search of a cache head's hyperparameters on held-out features."""
 import json
 import os.path as osp
+import itertools
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
+from ..evaluation import top1_hits
 from ..models.heads.base_head import SearchStage
 from ..structures import Features, check_features
 
@@ -25,6 +27,14 @@ class SearchResult:
         num_samples: Number of samples searched on.
         stages: The result of each stage, when the head searches in more
             than one (:meth:`FewShotHead.search_stages`); else empty.
+        zero_shot_accuracy: Top-1 (%) of zero-shot CLIP alone (the head's
+            ``clip_logits``) on the same samples; None for a head without
+            a text classifier (:func:`declined`).
+        declined: Whether the search declined what the few-shot set adds
+            (see :func:`declined`); None where undefined.
+        edges: The searched hyperparameters whose best value is the first
+            or last of their grid (:func:`grid_edges`).
+        kept: Hyperparameters left at values set by hand (not searched).
     """
     best: Dict[str, float]
     accuracy: float
@@ -32,6 +42,10 @@ class SearchResult:
     accuracy_grid: torch.Tensor
     num_samples: int
     stages: List['SearchResult'] = field(default_factory=list)
+    zero_shot_accuracy: Optional[float] = None
+    declined: Optional[bool] = None
+    edges: List[Dict[str, object]] = field(default_factory=list)
+    kept: Dict[str, float] = field(default_factory=dict)
 
     @property
     def num_points(self) -> int:
@@ -62,6 +76,8 @@ class SearchResult:
             top5=self.top(5))
         if self.stages:
             out['stages'] = [stage.to_dict() for stage in self.stages]
+        out.update(zero_shot_accuracy=self.zero_shot_accuracy,
+                   declined=self.declined, edges=self.edges, kept=self.kept)
         return out
 
 
@@ -152,6 +168,165 @@ def grid_search(head,
     return SearchResult(best=best, accuracy=last.accuracy, grid=last.grid,
                         accuracy_grid=last.accuracy_grid,
                         num_samples=last.num_samples, stages=results)
+
+
+#: Hyperparameters that weigh what the few-shot set adds to zero-shot CLIP
+#: (Tip-Adapter's and APE's cache, the second cache of the two-cache head).
+CACHE_WEIGHTS = ('alpha', 'alpha2')
+
+
+@torch.no_grad()
+def zero_shot_top1(head, feats: Features, labels: torch.Tensor,
+                   chunk_size: int = 4096) -> Optional[float]:
+    """Top-1 (%) of the head's zero-shot term alone (``clip_logits`` of the
+    first feature set, the first maximum wins), or None for a head without
+    zero-shot weights (e.g. the cache-only head)."""
+    if not getattr(head, 'has_zero_shot_weights', False) or not hasattr(
+            head, 'clip_logits'):
+        return None
+    hits = 0
+    for start in range(0, len(labels), chunk_size):
+        f = feats[0][start:start + chunk_size]
+        hits += int(top1_hits(head.clip_logits(f.to(
+            head.zero_shot_weights.dtype)), labels[start:start + chunk_size]))
+    return hits * 100.0 / max(len(labels), 1)
+
+
+def declined(result: SearchResult,
+             zero_shot_accuracy: Optional[float]) -> Optional[bool]:
+    """Whether the search declined the few-shot adaptation: its best point
+    is zero-shot CLIP, or no better than it on the samples searched.
+
+    Precisely: True when every cache weight of the best point
+    (:data:`CACHE_WEIGHTS`: ``alpha`` of Tip-Adapter / APE, ``alpha`` and
+    ``alpha2`` of the two-cache head; kept values count) is 0, or when the
+    best accuracy is not above ``zero_shot_accuracy`` (the zero-shot term
+    alone on the same samples). None for a head without a zero-shot term
+    (nothing to decline to).
+    """
+    if zero_shot_accuracy is None:
+        return None
+    point = dict(result.best, **result.kept)
+    weights = [point[k] for k in CACHE_WEIGHTS if k in point]
+    if weights and all(w == 0 for w in weights):
+        return True
+    return bool(result.accuracy <= zero_shot_accuracy)
+
+
+def grid_edges(result: SearchResult) -> List[Dict[str, object]]:
+    """The searched hyperparameters whose best value is the smallest or
+    largest value of their grid, in each stage: ``[{'name', 'value',
+    'edge': 'lower' | 'upper'}]``. Axes of one value, and axes along which
+    the accuracy through the best point is flat (the value does not
+    matter there, e.g. beta when alpha is 0), are not edges."""
+    edges = []
+    for stage in result.stages or [result]:
+        names = list(stage.grid)
+        if any(n not in stage.best for n in names):
+            continue
+        index = [int(torch.nonzero(stage.grid[n] == stage.best[n])[0])
+                 for n in names]
+        for axis, name in enumerate(names):
+            values = stage.grid[name]
+            if len(values) < 2:
+                continue
+            line = stage.accuracy_grid[tuple(
+                slice(None) if k == axis else i
+                for k, i in enumerate(index))]
+            if float(line.max()) == float(line.min()):
+                continue
+            value = stage.best[name]
+            if value == float(values.max()):
+                edges.append(dict(name=name, value=value, edge='upper'))
+            elif value == float(values.min()):
+                edges.append(dict(name=name, value=value, edge='lower'))
+    return edges
+
+
+def widening_key(head, name: str) -> Optional[str]:
+    """The config key that sets the grid of hyperparameter ``name`` (the
+    one to change to widen it), e.g. ``'model.head.search_scale[1]'`` for
+    Tip-Adapter's alpha; None when no argument sets it."""
+    for attr in (f'{name}_grid', f'{name}_range', f'{name.lower()}_grid'):
+        if hasattr(head, attr):
+            return f'model.head.{attr}'
+    second = getattr(head, 'second_grid', None)
+    if callable(second) and hasattr(head, 'second_search_scale'):
+        names = list(second())
+        if name in names:
+            return f'model.head.second_search_scale[{names.index(name)}]'
+    scale = getattr(head, 'search_scale', None)
+    if scale is None:
+        return None
+    if not isinstance(scale, (tuple, list)):
+        return 'model.head.search_scale'
+    names = [n for n in head.search_grid()
+             if not (callable(second) and n in second())]
+    if name in names and names.index(name) < len(scale):
+        return f'model.head.search_scale[{names.index(name)}]'
+    return None
+
+
+@torch.no_grad()
+def search_with_kept(head,
+                     feats: Features,
+                     labels: torch.Tensor,
+                     kept: Dict[str, float],
+                     chunk_size: int = 4096) -> Optional[SearchResult]:
+    """The grid search with the hyperparameters ``kept`` at their values.
+
+    Each stage's grid without the kept axes is visited point by point: the
+    head's own ``forward`` gives the logits (the other hyperparameters at
+    the point and at ``kept``), hits counted by :func:`top1_hits`, the
+    first best in grid order wins. A stage whose axes are all kept is left
+    out; None when every searched hyperparameter is kept. The head's
+    hyperparameters and searched flag are restored afterwards.
+    """
+    saved = dict(head.hyperparameters)
+    was_searched = head.searched
+    params = dict(saved, **kept)
+    results = []
+    try:
+        for stage in head.search_stages():
+            free = {n: v for n, v in stage.grid.items() if n not in kept}
+            if not free:
+                continue
+            shape = tuple(len(v) for v in free.values())
+            correct = torch.zeros(shape, dtype=torch.int64)
+            for idx in itertools.product(*(range(n) for n in shape)):
+                point = {n: float(v[i])
+                         for (n, v), i in zip(free.items(), idx)}
+                head.set_hyperparameters(**dict(params, **point))
+                for start in range(0, len(labels), chunk_size):
+                    stop = start + chunk_size
+                    correct[idx] += int(top1_hits(
+                        head(_chunk(feats, start, stop)),
+                        labels[start:stop]))
+            best_flat = int(torch.argmax(correct.flatten()))
+            best_idx = np.unravel_index(best_flat, shape)
+            accuracy_grid = correct.double() * 100.0 / max(len(labels), 1)
+            best = {n: float(v[i])
+                    for (n, v), i in zip(free.items(), best_idx)}
+            params.update(best)
+            results.append(SearchResult(
+                best=best, accuracy=float(accuracy_grid.flatten()[best_flat]),
+                grid=free, accuracy_grid=accuracy_grid,
+                num_samples=len(labels), kept=dict(kept)))
+    finally:
+        head.set_hyperparameters(**saved)
+        head.is_searched.fill_(was_searched)
+    if not results:
+        return None
+    if len(results) == 1:
+        return results[0]
+    best = {}
+    for result in results:
+        best.update(result.best)
+    last = results[-1]
+    return SearchResult(best=best, accuracy=last.accuracy, grid=last.grid,
+                        accuracy_grid=last.accuracy_grid,
+                        num_samples=last.num_samples, stages=results,
+                        kept=dict(kept))
 
 
 def save_search_report(result: SearchResult, out_dir: str,

@@ -18,7 +18,9 @@ model = dict(
         num_classes=1000,
         alpha=1.0,  # scales the logits only; not searched
         beta=1.0,
-        search_scale=7.0,  # beta grid: 200 points in [0.1, 7)
+        # beta grid: 200 points from 0.1 to a top fitted to the features'
+        # spread (CacheOnlyHead); a number gives the linear grid [0.1, it).
+        search_scale='auto',
         search_step=200,
         topk=(1, )),
     # The normalisation the backbone was trained with (ImageNet's).

@@ -27,6 +27,11 @@ few_shot_cfg = dict(
 val_cfg = dict(type='StoredFeaturesValLoop')
 test_cfg = dict(type='StoredFeaturesTestLoop')
 
+# Head hyperparameters the search leaves at the config's values (set by
+# hand, e.g. --cfg-options model.head.alpha=0 keep_hyperparameters="[alpha]";
+# HyperparameterSearchHook, docs/protocol.md).
+keep_hyperparameters = []
+
 custom_hooks = [
     dict(type='BuildCacheHook'),
     # Searches on the split of few_shot_cfg.protocol.

@@ -27,6 +27,11 @@ param_scheduler = dict(
     type='CosineAnnealingLR', eta_min=0.0, by_epoch=True, begin=0,
     convert_to_iter_based=True)
 
+# Head hyperparameters the search leaves at the config's values (set by
+# hand, e.g. --cfg-options model.head.alpha=0 keep_hyperparameters="[alpha]";
+# HyperparameterSearchHook, docs/protocol.md).
+keep_hyperparameters = []
+
 custom_hooks = [
     dict(type='BuildCacheHook'),
     # After training: load the best epoch on validation, search (beta,
