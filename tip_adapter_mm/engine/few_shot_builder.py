@@ -11,8 +11,10 @@ from mmengine.model import is_model_wrapper
 from torch.utils.data import DataLoader
 
 from mmpretrain.registry import DATASETS
-from ..datasets.class_names import check_class_names
-from ..datasets.few_shot import holdout_indices
+from ..datasets.checks import DataProblems, image_problems, plural
+from ..datasets.class_names import (CLASSES_FILE, check_class_names,
+                                    find_data_root)
+from ..datasets.few_shot import dataset_labels, holdout_indices
 from ..datasets.stored_features import StoredFeaturesDataset
 from ..structures import EncodedFeatures
 from ..utils.cpu import auto_loader_cfg
@@ -122,6 +124,8 @@ class FewShotBuilder:
     :class:`FewShotRunner` owns one (``runner.few_shot``); the hooks and the
     loops ask it for what they need:
 
+    * :meth:`check_data` checks every split the run reads before anything
+      is encoded, and reports all problems in one error;
     * :meth:`build_cache` builds the zero-shot weights (heads with a
       zero-shot term) and fits the head on the ``augment_epoch`` augmented
       views of the few-shot set (``fewshot_dataloader`` of the config);
@@ -196,6 +200,12 @@ class FewShotBuilder:
         self._datasets: Dict[str, StoredFeaturesDataset] = {}
         self._num_shots: Optional[int] = None
         self._split_classes: Dict[str, Any] = {}
+        #: Whether :meth:`check_data` has passed, and the few-shot dataset
+        #: it built (None without a few-shot loader in the config).
+        self._checked = False
+        self._fewshot = None
+        #: The names prompted for the few-shot set's classes, once checked.
+        self.prompt_names: Optional[Tuple[str, ...]] = None
 
     # -- the protocol --------------------------------------------------------
     @property
@@ -232,6 +242,7 @@ class FewShotBuilder:
         """Give the runner's head what it lacks: zero-shot weights, and its
         fit on the support views. Nothing happens for a head that has both
         (fitted here before, or loaded from a checkpoint)."""
+        self.check_data(runner)
         model = unwrap(runner.model)
         head = model.head
         known = head.built_for(()) is not None  # remembers its classes
@@ -241,7 +252,8 @@ class FewShotBuilder:
             return  # built here, or a checkpoint of an earlier version
         model.init_weights()  # weights of init_cfg before anything is encoded
         loader_cfg = self._loader_cfg(runner, 'fewshot')
-        fewshot = DATASETS.build(loader_cfg['dataset'])
+        fewshot = (self._fewshot if self._fewshot is not None else
+                   DATASETS.build(loader_cfg['dataset']))
         self.classes = tuple(fewshot.metainfo.get('classes') or ())
         self._num_shots = getattr(fewshot, 'num_shots', None)
         self._shot_paths = frozenset(_image_paths(fewshot) or ())
@@ -256,7 +268,8 @@ class FewShotBuilder:
             runner.logger.info('Building zero-shot weights for '
                                f'{len(self.classes)} classes.')
             model.build_zero_shot_weights(self.classes,
-                                          reset_projection=not reprompt)
+                                          reset_projection=not reprompt,
+                                          prompt_names=self.prompt_names)
         if head.is_fitted:
             head.set_class_names(self.classes)
             return
@@ -362,6 +375,7 @@ class FewShotBuilder:
         """
         if split in self._features:
             return self._features[split]
+        self.check_data(runner)  # e.g. a test run encodes test first
         loader_cfg = self._loader_cfg(runner, split)
         if dataloader is None:
             dataset = DATASETS.build(loader_cfg['dataset'])
@@ -371,12 +385,7 @@ class FewShotBuilder:
             dataset = dataloader.dataset
         self._split_classes[split] = dataset.metainfo.get('classes')
         self._check_classes(self._split_classes[split], split)
-        description = dict(
-            kind='features',
-            encoder=encoder_description(runner.cfg.get('model'),
-                                        self.precision),
-            dataset=loader_cfg['dataset'],
-            samples=dataset_fingerprint(dataset))
+        description = self._split_description(runner, loader_cfg, dataset)
 
         def loader() -> DataLoader:
             return runner.build_dataloader(
@@ -515,6 +524,222 @@ class FewShotBuilder:
                 features = read_features(path, description, mmap=True)
         return features, path
 
+    def _split_description(self, runner, loader_cfg: dict,
+                           dataset) -> dict:
+        """What keys the stored features of a val or test split."""
+        return dict(
+            kind='features',
+            encoder=encoder_description(runner.cfg.get('model'),
+                                        self.precision),
+            dataset=loader_cfg['dataset'],
+            samples=dataset_fingerprint(dataset))
+
+    # -- the checks made before anything is encoded --------------------------
+    def splits_used(self, runner) -> List[str]:
+        """The val and test splits this run reads: ``val`` when the config
+        validates (``val_cfg``) or selects on it (the protocol), ``test``
+        when it tests (``test_cfg``) or selects on it
+        (``'reference_test'``); only those with a loader in the config."""
+        cfg = runner.cfg
+        return [
+            split for split in ('val', 'test')
+            if cfg.get(f'{split}_dataloader') and (
+                cfg.get(f'{split}_cfg') or self.selection_split == split)
+        ]
+
+    def check_data(self, runner) -> None:
+        """Check, before anything is encoded, every split the run reads
+        (the few-shot set and :meth:`splits_used`), and raise ONE
+        ValueError listing every problem found, naming files and classes:
+
+        * a split that cannot be built (e.g. an empty folder) or is empty;
+        * class names (in label order) that differ from the few-shot set's;
+          folders that differ from the few-shot set's in a folder dataset
+          given ``classes=`` (MMPretrain then takes labels from the sorted
+          folders, whatever their names);
+        * a class of a folder dataset without images;
+        * a class with fewer than K images available for the shots;
+        * an override of the prompt names (``model.class_names``,
+          ``<data_root>/classes.txt``) that does not fit the classes;
+        * an image that is missing, whose header does not open, or that is
+          cut short (:func:`~tip_adapter_mm.datasets.checks.image_problem`:
+          a header read and a look at the file's end, no decode). The
+          images of a split whose features are stored already are not
+          read.
+
+        Once per run; the few-shot dataset it builds is the one
+        :meth:`build_cache` fits on.
+        """
+        if self._checked:
+            return
+        problems = DataProblems()
+        fewshot = source = None
+        if runner.cfg.get('fewshot_dataloader'):
+            fewshot_cfg = self._loader_cfg(runner, 'fewshot')['dataset']
+            fewshot, source = self._check_fewshot(fewshot_cfg, problems)
+        reference = fewshot if fewshot is not None else source
+        classes = (tuple(reference.metainfo.get('classes') or ())
+                   if reference is not None else None)
+        folders = _folders(source if source is not None else fewshot)
+        model = unwrap(runner.model)
+        prompt_names = None
+        head = getattr(model, 'head', None)
+        if classes and getattr(head, 'uses_text', False) and hasattr(
+                model, 'prompt_names'):
+            data_root = find_data_root(reference)
+            classes_file = (osp.join(data_root, CLASSES_FILE)
+                            if data_root else None)
+            try:
+                prompt_names = model.prompt_names(classes, classes_file)
+            except (ValueError, FileNotFoundError) as err:
+                problems.add(f'Prompt names: {err}')
+        if fewshot is not None:
+            self._check_images('the few-shot set', fewshot, problems)
+        for split in self.splits_used(runner):
+            self._check_split(runner, split, classes, folders, problems)
+        problems.raise_if_any()
+        self._checked = True
+        self._fewshot = fewshot
+        self.prompt_names = prompt_names
+
+    def _check_split(self, runner, split: str, classes: Optional[tuple],
+                     folders: Optional[List[str]],
+                     problems: DataProblems) -> None:
+        """The checks of :meth:`check_data` on the val or test split,
+        against the few-shot set's ``classes`` and ``folders``."""
+        loader_cfg = self._loader_cfg(runner, split)
+        where = f'{split}_dataloader.dataset'
+        try:
+            dataset = DATASETS.build(loader_cfg['dataset'])
+            if hasattr(dataset, 'full_init'):
+                dataset.full_init()
+        except Exception as err:  # reported with the others
+            problems.add(f'{where} cannot be built: '
+                         f'{type(err).__name__}: {err}')
+            return
+        if not len(dataset):
+            problems.add(f'{where} has no images.')
+            return
+        split_classes = dataset.metainfo.get('classes')
+        names_differ = False
+        if classes and split_classes is not None:
+            try:
+                check_class_names(classes, split_classes,
+                                  'the few-shot train set',
+                                  f'the {split} set')
+            except ValueError as err:
+                problems.add(f'{where}: {err}')
+                names_differ = True
+        split_folders = _folders(dataset)
+        if (folders and split_folders and split_folders != folders
+                and not names_differ):
+            try:
+                check_class_names(folders, split_folders,
+                                  'the folders of the few-shot train set',
+                                  f'the folders of the {split} set')
+            except ValueError as err:
+                problems.add(
+                    f'{where}: {err}\n     Labels come from the sorted '
+                    'folder names (also with classes=): every split needs '
+                    'the same class folders.')
+        self._check_empty_classes(dataset, where, problems)
+        stored = osp.isfile(
+            self.store(runner).path(
+                split, self._split_description(runner, loader_cfg, dataset)))
+        if not stored:  # its images were read when it was encoded
+            self._check_images(f'the {split} set', dataset, problems)
+
+    def _check_fewshot(self, cfg: dict, problems: DataProblems):
+        """Build the few-shot set; with FewShotDataset, count first the
+        images each class of its source has for K shots, so that every
+        short class is named. Returns ``(few-shot set or None, source or
+        None)``."""
+        where = 'fewshot_dataloader.dataset'
+        source = None
+        try:
+            if (cfg.get('type') == 'FewShotDataset'
+                    and isinstance(cfg.get('dataset'), dict)):
+                source = DATASETS.build(cfg['dataset'])
+                if hasattr(source, 'full_init'):
+                    source.full_init()
+                if (cfg.get('split_file') is None
+                        and not self._enough_shots(cfg, source, problems)):
+                    return None, source
+                cfg = dict(cfg, dataset=source)
+            fewshot = DATASETS.build(cfg)
+            if hasattr(fewshot, 'full_init'):
+                fewshot.full_init()
+        except Exception as err:  # reported with the others
+            problems.add(f'{where} cannot be built: {type(err).__name__}: '
+                         f'{err}')
+            return None, source
+        if not len(fewshot):
+            problems.add(f'{where} has no images.')
+            return None, source
+        return fewshot, source
+
+    def _enough_shots(self, cfg: dict, source,
+                      problems: DataProblems) -> bool:
+        """Whether every class of ``source`` has K images for the shots
+        (outside the held-out validation images); a problem names each
+        class that has fewer."""
+        num_shots = cfg.get('num_shots')
+        if num_shots is None:
+            return True  # FewShotDataset names the missing argument
+        num_shots = int(num_shots)
+        classes = tuple(source.metainfo.get('classes') or ())
+        labels = dataset_labels(source)
+        counts = np.bincount(labels, minlength=len(classes))
+        if cfg.get('holdout'):
+            held = holdout_indices(labels, **dict(cfg['holdout']))
+            counts = counts - np.bincount(labels[held],
+                                          minlength=len(counts))
+        short = np.flatnonzero(counts < num_shots)
+        if not len(short):
+            return True
+        problems.add(
+            f'{plural(len(short), "class")} with fewer than num_shots='
+            f'{num_shots} images for the shots in '
+            'fewshot_dataloader.dataset.dataset'
+            + (' (outside the held-out validation images)'
+               if cfg.get('holdout') else '')
+            + '; lower num_shots or add images:',
+            [f'class {c} ({classes[c]!r}): {counts[c]} images'
+             if c < len(classes) else f'label {c}: {counts[c]} images'
+             for c in short])
+        return False
+
+    @staticmethod
+    def _check_empty_classes(dataset, where: str,
+                             problems: DataProblems) -> None:
+        """A class folder without images (folder datasets only: others may
+        leave classes out on purpose, e.g. ImageNet-A)."""
+        if not _folders(dataset):
+            return
+        classes = tuple(dataset.metainfo.get('classes') or ())
+        counts = np.bincount(dataset_labels(dataset),
+                             minlength=len(classes))
+        empty = np.flatnonzero(counts == 0)
+        if len(empty):
+            root = getattr(dataset, 'img_prefix', '') or ''
+            problems.add(
+                f'{where}: {plural(len(empty), "class folder")} without '
+                'images:',
+                [osp.join(root, _folders(dataset)[c]) for c in empty])
+
+    @staticmethod
+    def _check_images(what: str, dataset, problems: DataProblems) -> None:
+        """A problem naming each image of ``dataset`` that is missing,
+        does not open or is cut short."""
+        paths = _image_paths(dataset)
+        if not paths:
+            return
+        bad = image_problems(paths)
+        if bad:
+            problems.add(
+                f'{len(bad)} of the {len(paths)} images of {what} cannot '
+                'be used:', [f'{path} {why}' for path, why in bad.items()])
+
     # -- configs and checks --------------------------------------------------
     def _encoding_loader_cfg(self, runner, loader_cfg: dict) -> dict:
         """:func:`encoding_loader_cfg` of a split's loader config, pinned
@@ -543,6 +768,19 @@ class FewShotBuilder:
         if self.classes and classes is not None:
             check_class_names(self.classes, classes, 'the few-shot train set',
                               f'the {split} set')
+
+
+def _folders(dataset) -> Optional[List[str]]:
+    """The class folders of a folder dataset (MMPretrain's CustomDataset
+    without an annotation file), in label order; None for others."""
+    for _ in range(8):
+        folder_to_idx = getattr(dataset, 'folder_to_idx', None)
+        if folder_to_idx:
+            return sorted(folder_to_idx, key=folder_to_idx.get)
+        dataset = getattr(dataset, 'dataset', None)
+        if dataset is None:
+            return None
+    return None
 
 
 def _image_paths(dataset) -> Optional[list]:

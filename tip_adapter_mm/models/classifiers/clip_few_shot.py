@@ -1,13 +1,15 @@
 """An MMPretrain classifier for few-shot CLIP adaptation."""
-from typing import List, Optional, Sequence, Tuple, Union
+import logging
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 
 from mmpretrain.models.classifiers import ImageClassifier
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
-from ...datasets.class_names import check_class_names
+from ...datasets.class_names import resolve_prompt_names
 from ...structures import Features, check_features, normalized
 from ..heads import FewShotHead
 from ..utils import build_zero_shot_weights, check_pretrained, get_templates
@@ -67,8 +69,15 @@ class CLIPFewShotClassifier(ImageClassifier):
             same CLIP model. Needed by heads with a zero-shot term.
         templates (str | list[str]): A name in ``PROMPT_TEMPLATES`` or a
             list of prompt templates.
-        class_names (list[str], optional): Names to prompt with; by default
-            the dataset's. When given, they must equal the dataset's.
+        class_names (list[str] | dict | str, optional): The names to prompt
+            with, separate from the dataset's class names (the folder names
+            of a folder dataset), which always give the label order. A list
+            names every class in label order; a mapping ``{class name:
+            prompt name}`` renames some; a string is the path of a text
+            file with one prompt name per line. By default the dataset's
+            names, without numeric prefixes like ``00_`` when every name
+            has one, or ``<data_root>/classes.txt`` of the few-shot set if
+            that file exists (:meth:`prompt_names`).
         use_model_logit_scale (bool): Scale zero-shot logits by the model's
             ``logit_scale.exp()`` instead of the head's fixed 100.
         second_backbone (dict, optional): Second visual encoder, any
@@ -96,7 +105,8 @@ class CLIPFewShotClassifier(ImageClassifier):
                  neck: Optional[dict] = None,
                  text_encoder: Optional[dict] = None,
                  templates: Union[str, Sequence[str]] = 'default',
-                 class_names: Optional[Sequence[str]] = None,
+                 class_names: Union[None, str, Sequence[str],
+                                    Mapping[str, str]] = None,
                  use_model_logit_scale: bool = False,
                  second_backbone: Optional[dict] = None,
                  second_neck: Optional[dict] = None,
@@ -118,7 +128,11 @@ class CLIPFewShotClassifier(ImageClassifier):
             init_cfg=init_cfg)
         self.text_encoder_cfg = text_encoder
         self.templates = get_templates(templates)
-        self.class_names = tuple(class_names) if class_names else None
+        if isinstance(class_names, Mapping):
+            class_names = dict(class_names)
+        elif class_names is not None and not isinstance(class_names, str):
+            class_names = tuple(class_names)
+        self.class_names = class_names or None
         self.use_model_logit_scale = use_model_logit_scale
         self.second_backbone = (MODELS.build(second_backbone)
                                 if second_backbone else None)
@@ -310,24 +324,52 @@ class CLIPFewShotClassifier(ImageClassifier):
         return (self.head.uses_text
                 and not self.head.has_zero_shot_weights)
 
+    def prompt_names(self,
+                     dataset_classes: Sequence[str],
+                     classes_file: Optional[str] = None,
+                     log: bool = True) -> Tuple[str, ...]:
+        """The names prompted for the dataset's classes (label order):
+        ``model.class_names`` (a list, a mapping, a file), else
+        ``classes_file`` when it exists, else the dataset's names without
+        a numeric prefix that every one has
+        (:func:`~tip_adapter_mm.datasets.class_names.resolve_prompt_names`).
+        ValueError shows the first differences of an override that breaks
+        the label order or names unknown classes."""
+        names, messages = resolve_prompt_names(
+            dataset_classes, self.class_names, 'model.class_names',
+            classes_file)
+        for message in messages if log else ():
+            warning = message.startswith('WARNING: ')
+            print_log(message[len('WARNING: '):] if warning else message,
+                      logger='current',
+                      level=logging.WARNING if warning else logging.INFO)
+        return names
+
     @torch.no_grad()
-    def build_zero_shot_weights(self,
-                                dataset_classes: Sequence[str],
-                                reset_projection: bool = True) -> None:
-        """Encode ``class name x template`` prompts into the head's
+    def build_zero_shot_weights(
+            self,
+            dataset_classes: Sequence[str],
+            reset_projection: bool = True,
+            prompt_names: Optional[Sequence[str]] = None) -> None:
+        """Encode ``prompt name x template`` prompts into the head's
         ``zero_shot_weights`` ``(C, N)``.
 
         Args:
             dataset_classes: The class names of the few-shot dataset, in
-                label order.
+                label order (``N`` of them).
             reset_projection: Give a head that starts from the visual
                 tower's last projection (ProLIP) that projection. False
                 when a trained head is re-prompted (it keeps its own).
+            prompt_names: The ``N`` names to prompt with; default
+                :meth:`prompt_names` of ``dataset_classes``.
         """
-        if self.class_names is not None:
-            check_class_names(self.class_names, dataset_classes,
-                              'model.class_names in the config',
-                              'the few-shot dataset')
+        if prompt_names is None:
+            prompt_names = self.prompt_names(dataset_classes)
+        prompt_names = tuple(prompt_names)
+        if len(prompt_names) != len(dataset_classes):
+            raise ValueError(
+                f'{len(prompt_names)} prompt names for '
+                f'{len(dataset_classes)} dataset classes.')
         if len(dataset_classes) != self.head.num_classes:
             raise ValueError(
                 f'The dataset has {len(dataset_classes)} classes but '
@@ -341,7 +383,7 @@ class CLIPFewShotClassifier(ImageClassifier):
         # Heads that train from the raw text prototypes (TaskRes, CLAP)
         # also take the raw features' norms.
         raw_norms = hasattr(self.head, 'set_text_norms')
-        weights = build_zero_shot_weights(encoder, dataset_classes,
+        weights = build_zero_shot_weights(encoder, prompt_names,
                                           self.templates, raw_norms)
         if raw_norms:
             weights, norms = weights
@@ -353,7 +395,7 @@ class CLIPFewShotClassifier(ImageClassifier):
             # CoOp learns prompts inside the (frozen) text tower: the head
             # keeps the tower, its tokenizer and the class names.
             self.head.set_text_tower(encoder.clip, encoder.tokenizer,
-                                     dataset_classes)
+                                     prompt_names)
         del encoder
         if reset_projection:
             self.give_head_visual_projection()
