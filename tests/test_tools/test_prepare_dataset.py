@@ -237,3 +237,5 @@ def test_source_from_the_command_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="my_mirror.py has no function "
                        "'paste'"):
         tool.load_source('my_mirror:paste')
+    with pytest.raises(ValueError, match="cannot import 'no_such_mirror'"):
+        tool.load_source('no_such_mirror:copy')

@@ -375,7 +375,11 @@ def load_source(name: str) -> DownloadSource:
     module_name, _, function = name.partition(':')
     if not module_name or not function:
         raise ValueError(f'--source {name!r}: expected MODULE:FUNCTION.')
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f'--source {name!r}: cannot import {module_name!r} '
+                         f'({err}); put its folder on PYTHONPATH.') from err
     if not callable(getattr(module, function, None)):
         raise ValueError(f'--source {name!r}: {module.__file__} has no '
                          f'function {function!r}.')
@@ -404,5 +408,5 @@ def main(argv: Optional[Sequence[str]] = None,
 if __name__ == '__main__':
     try:
         main()
-    except (KeyError, ValueError, OSError, ImportError) as err:
+    except (KeyError, ValueError, OSError) as err:
         sys.exit(f'prepare_dataset.py: {err}')
