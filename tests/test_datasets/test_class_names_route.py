@@ -6,19 +6,22 @@ dataset (its folders, sorted); folders with a numeric prefix (``00_``)
 prompt without it; an override that breaks the label order, and a split
 given ``classes=`` whose folders differ, are refused."""
 import logging
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import open_clip
 import pytest
 import torch
+from conftest import tiny_config
 from mmengine.config import Config
 from mmengine.logging import MMLogger
+from mmpretrain.registry import RUNNERS
 from PIL import Image
 
 from tip_adapter_mm.datasets.class_names import (default_prompt_names,
                                                  resolve_prompt_names)
-from tip_adapter_mm.engine.few_shot_builder import FewShotBuilder
+from tip_adapter_mm.engine.few_shot_builder import FewShotBuilder, unwrap
 from tip_adapter_mm.models import CLIPFewShotClassifier
 
 FOLDERS = ['00_red_apple', '01_green_leaf', '02_blue-sky']
@@ -26,7 +29,7 @@ CLEAN = ['red_apple', 'green_leaf', 'blue-sky']
 TEMPLATES = ['a photo of a {}.', 'itap of a {}.']
 
 
-def independent_weights(tiny_clip, names):
+def independent_weights(tiny_clip, names, templates=TEMPLATES):
     """Zero-shot weights ``(C, N)`` of ``names`` computed here with
     open_clip's own model and tokenizer (underscores become spaces)."""
     model = open_clip.create_model(
@@ -36,7 +39,7 @@ def independent_weights(tiny_clip, names):
     tokenizer = open_clip.get_tokenizer(tiny_clip['model_name'])
     columns = []
     for name in names:
-        prompts = [t.format(name.replace('_', ' ')) for t in TEMPLATES]
+        prompts = [t.format(name.replace('_', ' ')) for t in templates]
         with torch.no_grad():
             feats = model.encode_text(tokenizer(prompts))
         feats = feats / feats.norm(dim=-1, keepdim=True)
@@ -190,3 +193,33 @@ def test_renamed_test_folder_with_classes_is_refused(tmp_path):
     (data / 'test' / 'sky_renamed').rename(data / 'test' / 'sky')
     FewShotBuilder().check_data(builder_runner(
         data, tmp_path, test_classes=['apple', 'leaf', 'sky']))
+
+
+def test_builder_prompts_classes_file_and_keeps_folder_names(
+        tmp_path, tiny_clip, image_folders):
+    """Through the runner's FewShotBuilder: ``00_``-prefixed folders and
+    ``<data_root>/classes.txt``; the prompts are the file's names, the
+    head remembers the folder names (re-prompting compares those)."""
+    data = tmp_path / 'data'
+    for split in ('train', 'val', 'test'):
+        for i, name in enumerate(['red_apple', 'green_leaf', 'blue_sky']):
+            target = data / split / f'{i:02d}_{name}'
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(image_folders / split / name, target)
+    (data / 'classes.txt').write_text('apple\nleaf\nsky\n')
+    cfg = Config.fromfile(str(tiny_config(tmp_path / 'cfg.py', tiny_clip,
+                                          data)))
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = RUNNERS.build(cfg)
+    runner.few_shot.build_cache(runner)
+    model = unwrap(runner.model)
+    folders = ('00_red_apple', '01_green_leaf', '02_blue_sky')
+    assert runner.few_shot.classes == folders
+    assert runner.few_shot.prompt_names == ('apple', 'leaf', 'sky')
+    torch.testing.assert_close(
+        model.head.zero_shot_weights,
+        independent_weights(tiny_clip, ['apple', 'leaf', 'sky'],
+                            model.templates),
+        rtol=1e-5, atol=1e-6)
+    assert model.head.built_for(folders)
+    assert not model.head.built_for(('apple', 'leaf', 'sky'))
