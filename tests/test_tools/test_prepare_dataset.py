@@ -95,11 +95,14 @@ def test_own_split_is_seeded_readable_and_flagged(tmp_path):
     on_disk = sorted(p.relative_to(prepared.image_dir).as_posix()
                      for p in prepared.image_dir.rglob('*.jpg'))
     assert sorted(listed) == on_disk and len(on_disk) == 30
+    # EuroSAT's folder names, words apart: the class names of the split.
+    readable = {'AnnualCrop': 'Annual Crop', 'Forest': 'Forest',
+                'River': 'River'}
     for split, n in (('train', 5), ('val', 2), ('test', 3)):
         for label, name in enumerate(sorted(EUROSAT)):
             items = [p for p, lbl, c in splits[split] if lbl == label]
             assert len(items) == n
-            assert all(c == name and p.startswith(f'{name}/')
+            assert all(c == readable[name] and p.startswith(f'{name}/')
                        for p, lbl, c in splits[split] if lbl == label)
     # Said plainly, in the log and beside the data.
     note = (tmp_path / 'eurosat' / tool.NOTE_FILE).read_text()
@@ -108,13 +111,13 @@ def test_own_split_is_seeded_readable_and_flagged(tmp_path):
     # The configs' dataset class reads it.
     train = DATASETS.build(dict(type='CoOpEuroSAT', data_root=str(tmp_path),
                                 split='train'))
-    assert len(train) == 15 and train.metainfo['classes'] == tuple(
-        sorted(EUROSAT))
+    assert len(train) == 15 and train.metainfo['classes'] == (
+        'Annual Crop', 'Forest', 'River')
     # Seeded: the same seed gives the same split, another seed another.
     paths = tool.list_images(prepared.image_dir)
-    again = tool.make_split(paths, tool._class_folder, seed=1)
+    again = tool.make_split(paths, tool._satellite_class, seed=1)
     assert again == splits
-    assert tool.make_split(paths, tool._class_folder, seed=2) != splits
+    assert tool.make_split(paths, tool._satellite_class, seed=2) != splits
 
 
 def test_a_second_run_downloads_nothing_and_keeps_the_split(tmp_path):

@@ -32,6 +32,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -51,6 +52,12 @@ NOTE_FILE = 'SPLIT_NOT_FROM_COOP.txt'
 def _class_folder(path: str) -> str:
     """``'<class>/<image>'`` -> ``'<class>'``."""
     return path.split('/')[0]
+
+
+def _satellite_class(path: str) -> str:
+    """EuroSAT: ``'AnnualCrop/AnnualCrop_1.jpg'`` -> ``'Annual Crop'`` (its
+    folder names run the words together; prompts read better apart)."""
+    return re.sub(r'(?<=[a-z])(?=[A-Z])', ' ', _class_folder(path))
 
 
 def _pet_breed(path: str) -> str:
@@ -113,7 +120,8 @@ class DatasetSpec:
 SPECS: Dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec('eurosat', 'CoOpEuroSAT', 'EuroSAT', 'eurosat/2750'),
+        DatasetSpec('eurosat', 'CoOpEuroSAT', 'EuroSAT', 'eurosat/2750',
+                    class_of=_satellite_class),
         DatasetSpec('dtd', 'CoOpDTD', 'DTD', 'dtd/dtd/images'),
         DatasetSpec('caltech101', 'CoOpCaltech101', 'Caltech101',
                     'caltech101/101_ObjectCategories',
