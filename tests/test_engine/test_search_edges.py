@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import os.path as osp
+from argparse import Namespace
 
 import numpy as np
 import pytest
@@ -220,13 +221,17 @@ def test_cache_only_auto_grid_keeps_clip_range():
 def test_run_keeps_alpha_zero_and_reports(tmp_path, tiny_clip,
                                           image_folders):
     from mmpretrain.registry import RUNNERS
-    head = ("dict(num_classes=3, alpha=0.0, search_scale=(7.0, 3.0), "
+    from tip_adapter_mm.utils import load_config
+    head = ("dict(num_classes=3, search_scale=(7.0, 3.0), "
             "search_step=(4, 3), topk=(1, ))")
     path = tiny_config(tmp_path / 'cfg.py', tiny_clip, image_folders,
                        augment_epoch=1, head=head)
-    cfg = Config.fromfile(str(path))
-    cfg.merge_from_dict({'keep_hyperparameters': ['alpha']})
-    cfg.work_dir = str(tmp_path / 'work')
+    # As tools/test.py CONFIG --cfg-options model.head.alpha=0 reads it.
+    cfg = load_config(Namespace(
+        config=str(path), launcher='none', local_rank=0,
+        work_dir=str(tmp_path / 'work'),
+        cfg_options={'model.head.alpha': 0.0}))
+    assert cfg.keep_hyperparameters == ['alpha']
     cfg.few_shot_cfg.feature_dir = str(tmp_path / 'features')
     cfg.launcher = 'none'
     runner = RUNNERS.build(cfg)

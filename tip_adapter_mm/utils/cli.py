@@ -122,6 +122,9 @@ def load_config(args: argparse.Namespace) -> Config:
     if args.cfg_options is not None:
         check_cfg_options(cfg, args.cfg_options)
         cfg.merge_from_dict(args.cfg_options)
+        # Head values set here are kept by the hyperparameter search.
+        from ..engine.hooks.search_hook import keep_hand_set_hyperparameters
+        keep_hand_set_hyperparameters(cfg, args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:

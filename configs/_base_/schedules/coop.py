@@ -35,9 +35,9 @@ param_scheduler = [
 # Under protocol 'none' the search hook applies the validation-free values
 # (CoOp has none) after training and saves final_searched.pth (the last
 # epoch).
-# Head hyperparameters the search leaves at the config's values (set by
-# hand, e.g. --cfg-options model.head.alpha=0 keep_hyperparameters="[alpha]";
-# HyperparameterSearchHook, docs/protocol.md).
+# Head hyperparameters the search leaves at the config's values; the
+# head values given in --cfg-options (model.head.alpha=0) are added
+# (HyperparameterSearchHook, docs/protocol.md).
 keep_hyperparameters = []
 
 custom_hooks = [

@@ -37,9 +37,9 @@ param_scheduler = [
 # Under protocol 'none' the search hook applies the validation-free values
 # after training and saves final_searched.pth (the last epoch); under a
 # validation protocol it loads the best epoch on validation first.
-# Head hyperparameters the search leaves at the config's values (set by
-# hand, e.g. --cfg-options model.head.alpha=0 keep_hyperparameters="[alpha]";
-# HyperparameterSearchHook, docs/protocol.md).
+# Head hyperparameters the search leaves at the config's values; the
+# head values given in --cfg-options (model.head.alpha=0) are added
+# (HyperparameterSearchHook, docs/protocol.md).
 keep_hyperparameters = []
 
 custom_hooks = [

@@ -27,9 +27,9 @@ few_shot_cfg = dict(
 val_cfg = dict(type='StoredFeaturesValLoop')
 test_cfg = dict(type='StoredFeaturesTestLoop')
 
-# Head hyperparameters the search leaves at the config's values (set by
-# hand, e.g. --cfg-options model.head.alpha=0 keep_hyperparameters="[alpha]";
-# HyperparameterSearchHook, docs/protocol.md).
+# Head hyperparameters the search leaves at the config's values; the
+# head values given in --cfg-options (model.head.alpha=0) are added
+# (HyperparameterSearchHook, docs/protocol.md).
 keep_hyperparameters = []
 
 custom_hooks = [

@@ -27,9 +27,9 @@ param_scheduler = dict(
     type='CosineAnnealingLR', eta_min=0.0, by_epoch=True, begin=0,
     convert_to_iter_based=True)
 
-# Head hyperparameters the search leaves at the config's values (set by
-# hand, e.g. --cfg-options model.head.alpha=0 keep_hyperparameters="[alpha]";
-# HyperparameterSearchHook, docs/protocol.md).
+# Head hyperparameters the search leaves at the config's values; the
+# head values given in --cfg-options (model.head.alpha=0) are added
+# (HyperparameterSearchHook, docs/protocol.md).
 keep_hyperparameters = []
 
 custom_hooks = [

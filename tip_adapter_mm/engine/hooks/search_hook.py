@@ -17,13 +17,13 @@ KEEP_KEY = 'keep_hyperparameters'
 
 def hand_set_hyperparameters(cfg_options: Optional[dict]) -> List[str]:
     """The head arguments a ``--cfg-options`` dict sets by hand
-    (``model.head.<name>=...``), in order; e.g. ``['alpha']`` for
-    ``model.head.alpha=0``."""
+    (``model.head.<name>=...``, not ``type``), in order; e.g.
+    ``['alpha']`` for ``model.head.alpha=0``."""
     names = []
     for key in cfg_options or {}:
         parts = str(key).split('.')
         if len(parts) == 3 and parts[:2] == ['model', 'head'] \
-                and parts[2] not in names:
+                and parts[2] not in names + ['type', '_delete_']:
             names.append(parts[2])
     return names
 
@@ -31,9 +31,11 @@ def hand_set_hyperparameters(cfg_options: Optional[dict]) -> List[str]:
 def keep_hand_set_hyperparameters(cfg, cfg_options: Optional[dict]
                                   ) -> List[str]:
     """Add the head arguments set in ``cfg_options`` to the config's
-    ``keep_hyperparameters`` (for tools/train.py and tools/test.py, after
-    ``cfg.merge_from_dict(cfg_options)``), so that the search leaves
-    ``--cfg-options model.head.alpha=0`` at 0. Returns the kept names."""
+    ``keep_hyperparameters`` (:func:`tip_adapter_mm.utils.load_config`
+    calls it for tools/train.py and tools/test.py), so that the search
+    leaves ``--cfg-options model.head.alpha=0`` at 0; names that are not
+    hyperparameters of the head (``search_scale``...) are not searched
+    anyway. Returns the kept names."""
     names = list(cfg.get(KEEP_KEY) or [])
     for name in hand_set_hyperparameters(cfg_options):
         if name not in names:
@@ -235,11 +237,13 @@ class HyperparameterSearchHook(Hook):
         head arguments named there are not searched anyway."""
         values = head.hyperparameters
         arguments = inspect.signature(type(head).__init__).parameters
+        any_argument = any(p.kind == p.VAR_KEYWORD
+                           for p in arguments.values())
         kept = {}
         for name in dict.fromkeys(self.keep + self._cfg_keep):
             if name in values:
                 kept[name] = values[name]
-            elif name not in arguments:
+            elif name not in arguments and not any_argument:
                 raise ValueError(
                     f'{KEEP_KEY} / HyperparameterSearchHook(keep=...): '
                     f'{name!r} is not a hyperparameter of '
