@@ -163,7 +163,8 @@ class FewShotRunner(Runner):
         """
         model = unwrap(self.model)
         expected = {k: v.shape for k, v in model.state_dict().items()}
-        reader = f'this {type(model).__name__} (load_from / CHECKPOINT)'
+        reader = (f'this {type(model).__name__} (load_from / CHECKPOINT / '
+                  '--resume)')
         if '://' not in str(filename) and not osp.isfile(
                 osp.expanduser(str(filename))):
             raise CheckpointFileError(
