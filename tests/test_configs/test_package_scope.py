@@ -3,6 +3,7 @@
 config as the repository path, and what it builds is built without
 MMEngine's scope warnings."""
 import logging
+import os
 
 import pytest
 from conftest import CONFIGS, image_folders  # noqa: F401
@@ -106,3 +107,45 @@ def test_a_missing_path_names_the_packaged_folder(tmp_path):
                        match=r'\.mim/configs/_base_/nope\.py'):
         Config.fromfile(str(write(tmp_path / 'mine.py',
                                   [f'{SCOPE}::_base_/nope.py'])))
+
+
+def test_a_wheel_carries_the_configs(tmp_path):
+    """A regular (non-editable) install: the wheel holds every config under
+    tip_adapter_mm/.mim/configs, and a config outside the repository
+    inherits them from the installed package."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from conftest import REPO
+    source = tmp_path / 'source'
+    source.mkdir()
+    for name in ('setup.cfg', 'pyproject.toml', 'README.md', 'MANIFEST.in'):
+        shutil.copy(REPO / name, source / name)
+    for folder in ('tip_adapter_mm', 'configs'):
+        shutil.copytree(REPO / folder, source / folder, symlinks=True,
+                        ignore=shutil.ignore_patterns('__pycache__'))
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps',
+                    '--no-build-isolation', '-q', '-w', str(tmp_path / 'dist'),
+                    str(source)], check=True, capture_output=True,
+                   timeout=300)
+    (wheel, ) = (tmp_path / 'dist').glob('*.whl')
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = {f'tip_adapter_mm/.mim/configs/{p.relative_to(CONFIGS)}'
+               for p in CONFIGS.rglob('*.py')}
+    assert configs <= names and 'tip_adapter_mm/.mim/model-index.yml' in names
+    installed = tmp_path / 'site'
+    zipfile.ZipFile(wheel).extractall(installed)
+    mine = write(tmp_path / 'mine.py',
+                 [f'{SCOPE}::_base_/../tip_eurosat_16shot.py'])
+    out = subprocess.run(
+        [sys.executable, '-W', 'ignore', '-c',
+         'import tip_adapter_mm; from mmengine.config import Config; '
+         f'cfg = Config.fromfile({str(mine)!r}); '
+         'print(tip_adapter_mm.__file__); print(cfg.model.head.type)'],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(installed)),
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == [
+        str(installed / 'tip_adapter_mm/__init__.py'), 'TipAdapterHead']
