@@ -410,27 +410,29 @@ PUBLISHED = {
         'Zero-shot CLIP': (60.33, 'Tip paper'),
         'Tip-Adapter': (62.03, 'Tip paper'),
         'Tip-Adapter-F': (65.51, 'Tip paper'),
-        'CLIP-Adapter': (63.59, 'Tip paper'),
+        'CLIP-Adapter': (63.59, 'Tip paper'), 'CoOp': (62.95, 'Tip paper'),
         'APE': (63.42, 'APE notebook'), 'GDA': (63.82, 'GDA logs')},
     ('imagenet', 'ViT-B/16'): {
         'Zero-shot CLIP': (68.73, 'Tip paper'),
         'Tip-Adapter': (70.75, 'Tip paper'),
         'Tip-Adapter-F': (73.69, 'Tip paper'),
-        'CLIP-Adapter': (71.13, 'Tip paper'),
-        'APE': (72.17, 'APE notebook'), 'GDA': (72.24, 'GDA logs')},
+        'CLIP-Adapter': (71.13, 'Tip paper'), 'CoOp': (71.92, 'Tip paper'),
+        'APE': (72.17, 'APE notebook'), 'GDA': (72.24, 'GDA logs'),
+        'CLIP-LoRA': (73.6, 'CLIP-LoRA paper')},
     ('average', 'RN50'): {
         'Zero-shot CLIP': (58.89, 'Tip exp.log'),
         'Tip-Adapter': (70.32, 'Tip exp.log'),
         'Tip-Adapter-F': (75.83, 'Tip exp.log'),
         'CLIP-Adapter': (74.44, 'Tip exp.log'),
         'APE': (73.36, 'APE notebook'), 'GDA': (76.05, 'GDA logs'),
-        'ProLIP': (75.46, 'ProLIP paper')},
+        'ProLIP': (75.46, 'ProLIP paper'), 'CoOp': (73.45, 'APE notebook')},
     ('average', 'ViT-B/16'): {
         m: (v, 'CLIP-SVD README') for m, v in [
             ('Zero-shot CLIP', 65.36), ('Tip-Adapter', 76.44),
             ('Tip-Adapter-F', 81.15), ('CLIP-Adapter', 79.86),
             ('GDA', 81.70), ('Linear probe', 78.39), ('LP++', 80.32),
-            ('ProKeR', 82.01)]},
+            ('ProKeR', 82.01), ('CoOp', 79.01), ('CoCoOp', 75.02),
+            ('MaPLe', 81.79)]} | {'CLIP-LoRA': (83.0, 'CLIP-LoRA paper')},
 }
 
 
