@@ -48,8 +48,10 @@ def test_mismatched_checkpoint_names_file_and_model(tiny_clip, tmp_path):
     state.pop('visual.proj')
     bad = tmp_path / 'mismatched.pt'
     torch.save(state, bad)
-    with pytest.raises(RuntimeError, match=r"mismatched\.pt.*does not match "
-                       r"open_clip model 'TinyCLIP-ViT-test'"):
+    with pytest.raises(RuntimeError,
+                       match=r"mismatched\.pt' cannot be loaded as the "
+                       r"weights of open_clip model 'TinyCLIP-ViT-test'.*"
+                       r"missing keys \(1\): visual\.proj"):
         OpenCLIPVisualBackbone(tiny_clip['model_name'], str(bad))
 
 
