@@ -9,6 +9,7 @@
   for tests of what the feature store saves;
 * :func:`run_tool`, :func:`run_distributed`: the tools as subprocesses.
 """
+import importlib.util
 import inspect
 import json
 import os
@@ -164,6 +165,16 @@ def run_tool(args: List[str], timeout: int = 300, python_path: str = '',
         stderr=subprocess.STDOUT, text=True, timeout=timeout)
     assert proc.returncode == expect_rc, proc.stdout[-6000:]
     return proc.stdout
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` imported as a module (the scripts are not a
+    package)."""
+    spec = importlib.util.spec_from_file_location(name,
+                                                  REPO / f'tools/{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def python_tool(script: str, *args: str) -> List[str]:

@@ -3,7 +3,6 @@ tiny CLIP (16 cells), its records, tables, plots, shared feature store
 (every image encoded once for the whole sweep, counted by a counting
 backbone), resumption and merging of later sweeps; the pieces alone."""
 import csv
-import importlib.util
 import json
 import re
 import sys
@@ -12,8 +11,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import (CONFIGS, REPO, python_tool, read_count_log, run_tool,
-                      split_fingerprints, tiny_config)
+from conftest import (CONFIGS, REPO, load_tool, python_tool, read_count_log,
+                      run_tool, split_fingerprints, tiny_config)
 from mmengine.config import Config
 
 import tip_adapter_mm  # noqa: F401
@@ -46,15 +45,7 @@ model['backbone'] = dict(clip, type='CountingOpenCLIPVisualBackbone',
 """
 
 
-def load_sweep():
-    spec = importlib.util.spec_from_file_location('sweep',
-                                                  REPO / 'tools/sweep.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep = load_sweep()
+sweep = load_tool('sweep')
 
 
 def sweep_args(configs, work_dir, shots=SHOTS, protocols=PROTOCOLS):

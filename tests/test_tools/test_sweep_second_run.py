@@ -4,22 +4,13 @@ every cell under the folder) and its feature store. (Two configs of one
 sweep sharing the stored features, with no link from the user:
 test_sweep.py::test_one_feature_store_and_the_same_shots_for_every_cell.)"""
 import csv
-import importlib.util
 import json
 
 import pytest
-from conftest import REPO, python_tool, run_tool, tiny_config
+from conftest import REPO, load_tool, python_tool, run_tool, tiny_config
 
 
-def load_sweep():
-    spec = importlib.util.spec_from_file_location('sweep',
-                                                  REPO / 'tools/sweep.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep = load_sweep()
+sweep = load_tool('sweep')
 #: The rows of an earlier sweep: another method, two seeds.
 EARLIER = dict(stem='earlier_tiny_1shot', dataset='tiny',
                backbone='TinyCLIP-ViT-test', method='Earlier-Method',

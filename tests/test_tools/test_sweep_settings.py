@@ -4,7 +4,6 @@ the 2 new ones with the cell's model), the target configs each setting
 finds, the test commands, and the tables (base / new / H with the
 published H and its source; a column per target)."""
 import csv
-import importlib.util
 import json
 import re
 import statistics
@@ -12,20 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONFIGS, REPO, python_tool, run_tool, tiny_config
+from conftest import (CONFIGS, REPO, load_tool, python_tool, run_tool,
+                      tiny_config)
 
 TOP1 = re.compile(r'accuracy/top1: (\d+\.\d+)')
 
 
-def load_sweep():
-    spec = importlib.util.spec_from_file_location('sweep',
-                                                  REPO / 'tools/sweep.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep = load_sweep()
+sweep = load_tool('sweep')
 
 
 def wrap(subset: str) -> str:

@@ -117,6 +117,22 @@ def search_stage(stage: SearchStage,
 
 
 @torch.no_grad()
+def merge_stages(results: List[SearchResult],
+                 kept: Optional[Dict[str, float]] = None) -> SearchResult:
+    """One result of staged searches: the best values of every stage, the
+    accuracy and grid of the last (a single stage is returned as it is)."""
+    if len(results) == 1:
+        return results[0]
+    best = {}
+    for result in results:
+        best.update(result.best)
+    last = results[-1]
+    return SearchResult(best=best, accuracy=last.accuracy, grid=last.grid,
+                        accuracy_grid=last.accuracy_grid,
+                        num_samples=last.num_samples, stages=results,
+                        kept=dict(kept or {}))
+
+
 def grid_search(head,
                 feats: Features,
                 labels: torch.Tensor,
@@ -159,15 +175,7 @@ def grid_search(head,
                               max_elements)
         params.update(result.best)
         results.append(result)
-    if len(results) == 1:
-        return results[0]
-    best = {}
-    for result in results:
-        best.update(result.best)
-    last = results[-1]
-    return SearchResult(best=best, accuracy=last.accuracy, grid=last.grid,
-                        accuracy_grid=last.accuracy_grid,
-                        num_samples=last.num_samples, stages=results)
+    return merge_stages(results)
 
 
 #: Hyperparameters that weigh what the few-shot set adds to zero-shot CLIP
@@ -317,16 +325,7 @@ def search_with_kept(head,
         head.is_searched.fill_(was_searched)
     if not results:
         return None
-    if len(results) == 1:
-        return results[0]
-    best = {}
-    for result in results:
-        best.update(result.best)
-    last = results[-1]
-    return SearchResult(best=best, accuracy=last.accuracy, grid=last.grid,
-                        accuracy_grid=last.accuracy_grid,
-                        num_samples=last.num_samples, stages=results,
-                        kept=dict(kept))
+    return merge_stages(results, kept)
 
 
 def save_search_report(result: SearchResult, out_dir: str,
